@@ -1,0 +1,140 @@
+"""Pure layer functions of the convnet and of its attached deconvnet (paper section 2, Fig. 1).
+
+Arrays are NHWC float32; kernels are HWIO. Every function here is jit- and vmap-able.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+Padding = tuple[tuple[int, int], tuple[int, int]]
+
+_DIMS = ("NHWC", "HWIO", "NHWC")
+
+
+def conv2d(x: jax.Array, kernel: jax.Array, bias: jax.Array, stride: int, padding: Padding) -> jax.Array:
+  """Convolution (cross-correlation, as every framework computes it) plus bias.
+
+  Args:
+    x: [B, H, W, I] input maps.
+    kernel: [k, k, I, O] filters (HWIO).
+    bias: [O].
+    stride: the same in y and x.
+    padding: ((top, bottom), (left, right)) zero padding.
+
+  Returns:
+    [B, Ho, Wo, O] with Ho = (H + top + bottom - k) // stride + 1.
+  """
+  y = lax.conv_general_dilated(x, kernel, (stride, stride), padding, dimension_numbers=_DIMS)
+  return y + bias
+
+
+def conv2d_transpose(y: jax.Array, kernel: jax.Array, stride: int, padding: Padding,
+                     input_hw: tuple[int, int]) -> jax.Array:
+  """The deconvnet's filtering step: the transposed filters applied to maps above (section 2.1).
+
+  Each filter is flipped vertically and horizontally and its input/output channels swapped;
+  the maps above are dilated by the stride. This is the exact adjoint of `conv2d` (no bias).
+
+  Args:
+    y: [B, Ho, Wo, O] maps at the conv's output.
+    kernel: [k, k, I, O] the conv's own filters.
+    stride: the conv's stride.
+    padding: the conv's padding.
+    input_hw: (H, W) of the conv's input, which the stride alone does not determine.
+
+  Returns:
+    [B, H, W, I].
+  """
+  k = kernel.shape[0]
+  flipped = jnp.swapaxes(kernel[::-1, ::-1], 2, 3)
+  pads = []
+  for size_in, size_out, (lo, _) in zip(input_hw, y.shape[1:3], padding):
+    dilated = (size_out - 1) * stride + 1
+    pads.append((k - 1 - lo, size_in - dilated + lo))
+  return lax.conv_general_dilated(y, flipped, (1, 1), pads, lhs_dilation=(stride, stride),
+                                  dimension_numbers=_DIMS)
+
+
+def _pool_windows(x: jax.Array, window: int, stride: int, padding: Padding) -> jax.Array:
+  """[B, Ho, Wo, C, window*window]: every pooling region's values, row-major in the window."""
+  xp = jnp.pad(x, ((0, 0), *padding, (0, 0)), constant_values=-jnp.inf)
+  ho = (xp.shape[1] - window) // stride + 1
+  wo = (xp.shape[2] - window) // stride + 1
+  views = [xp[:, dy:dy + stride * (ho - 1) + 1:stride, dx:dx + stride * (wo - 1) + 1:stride]
+           for dy in range(window) for dx in range(window)]
+  return jnp.stack(views, axis=-1)
+
+
+def max_pool(x: jax.Array, window: int, stride: int, padding: Padding) -> tuple[jax.Array, jax.Array]:
+  """Max pooling that records its switches (Fig. 1, bottom).
+
+  Padding is filled with -inf, so a maximum always comes from a real input.
+
+  Args:
+    x: [B, H, W, C].
+    window: pooling region side (3 in the paper).
+    stride: 2 in the paper: regions overlap.
+    padding: ((top, bottom), (left, right)).
+
+  Returns:
+    pooled: [B, Ho, Wo, C].
+    switches: int32 [B, Ho, Wo, C], the position of each maximum inside its window, row-major
+      (dy * window + dx); the input row is oy * stride - top + dy. The first maximum wins ties.
+  """
+  windows = _pool_windows(x, window, stride, padding)
+  return windows.max(axis=-1), jnp.argmax(windows, axis=-1).astype(jnp.int32)
+
+
+def switch_positions(switches: jax.Array, window: int, stride: int,
+                     padding: Padding) -> tuple[jax.Array, jax.Array]:
+  """Absolute (row, column) in the pooling input of every recorded maximum, each [B, Ho, Wo, C]."""
+  oy = jnp.arange(switches.shape[1])[None, :, None, None]
+  ox = jnp.arange(switches.shape[2])[None, None, :, None]
+  return (oy * stride - padding[0][0] + switches // window,
+          ox * stride - padding[1][0] + switches % window)
+
+
+def unpool(y: jax.Array, switches: jax.Array, window: int, stride: int, padding: Padding,
+           input_hw: tuple[int, int]) -> jax.Array:
+  """The deconvnet's unpooling: each value goes back to where its switch says the maximum was.
+
+  Overlapping regions (3x3 windows, stride 2) can point at the same input: contributions add,
+  exactly as the gradient of max pooling.
+
+  Args:
+    y: [B, Ho, Wo, C] maps at the pool's output.
+    switches: int32 [B, Ho, Wo, C] from `max_pool`.
+    window, stride, padding: the pool's own.
+    input_hw: (H, W) of the pool's input.
+
+  Returns:
+    [B, H, W, C], zero everywhere no switch points.
+  """
+  (top, bottom), (left, right) = padding
+  b, ho, wo, c = y.shape
+  out = jnp.zeros((b, input_hw[0] + top + bottom, input_hw[1] + left + right, c), y.dtype)
+  for dy in range(window):
+    for dx in range(window):
+      here = jnp.where(switches == dy * window + dx, y, 0)
+      out = out.at[:, dy:dy + stride * (ho - 1) + 1:stride, dx:dx + stride * (wo - 1) + 1:stride].add(here)
+  return out[:, top:top + input_hw[0], left:left + input_hw[1]]
+
+
+def local_response_norm(x: jax.Array, size: int = 5, alpha: float = 1e-4, beta: float = 0.75,
+                        k: float = 2.0) -> jax.Array:
+  """Contrast normalization across feature maps (Krizhevsky et al. 2012, section 3.3).
+
+  b_c = a_c / (k + alpha * sum_{c' within size/2 of c} a_c'^2) ** beta.
+
+  Args:
+    x: [B, H, W, C].
+
+  Returns:
+    [B, H, W, C].
+  """
+  half = size // 2
+  sq = jnp.pad(jnp.square(x), ((0, 0), (0, 0), (0, 0), (half, size - 1 - half)))
+  summed = lax.reduce_window(sq, 0.0, lax.add, (1, 1, 1, size), (1, 1, 1, 1), "VALID")
+  return x / (k + alpha * summed) ** beta
