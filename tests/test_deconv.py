@@ -33,11 +33,11 @@ def test_conv1_projection_is_activation_times_filter():
   for b, c in enumerate(channels):
     a = float(trace.activations["conv1"][b, y, x, c])
     assert a > 0
-    want = np.zeros((64, 64, 3), np.float32)
+    want = np.zeros((56, 56, 3), np.float32)
     for dy in range(7):
       for dx in range(7):
         iy, ix = 2 * y - 3 + dy, 2 * x - 3 + dx
-        if 0 <= iy < 64 and 0 <= ix < 64:
+        if 0 <= iy < 56 and 0 <= ix < 56:
           want[iy, ix] = a * np.asarray(params["conv1"]["kernel"][dy, dx, :, c])
     np.testing.assert_allclose(px[b], want, rtol=1e-5, atol=1e-6)
 
@@ -124,7 +124,7 @@ def test_projection_equals_vjp_with_replaced_relu_backward(rule, layer):
   arch = dataclasses.replace(base, name="zfnet64-no-norm",
                              layers=tuple(l for l in base.layers if not isinstance(l, models.Norm)))
   params = models.init_params(arch, jax.random.key(0), num_classes=10, weight_std=0.05, bias=0.01)
-  images = jax.random.normal(jax.random.key(1), (2, 64, 64, 3)) * 60
+  images = jax.random.normal(jax.random.key(1), (2, 56, 56, 3)) * 60
   _, trace = models.forward(arch, params, images)
   act = trace.activations[layer]
   if act.ndim == 4:
@@ -156,11 +156,11 @@ def test_batched_projection_equals_loop_and_compiles_once():
   arch, params, _, trace = _model()
   act = np.asarray(trace.activations["conv4"])
   rng = np.random.default_rng(0)
-  units = np.stack([rng.integers(0, 192, 6), rng.integers(0, 8, 6), rng.integers(0, 8, 6)], axis=-1)
+  units = np.stack([rng.integers(0, 192, 6), rng.integers(0, 7, 6), rng.integers(0, 7, 6)], axis=-1)
   units[:, 0] = [int(np.argmax(act[0, y, x])) for _, y, x in units]  # active channels
   deconv._project_units.clear_cache()
   many = deconv.project_many(arch, params, trace, "conv4", units)
-  assert many.shape == (2, 6, 64, 64, 3)
+  assert many.shape == (2, 6, 56, 56, 3)
   assert deconv._project_units._cache_size() == 1
   for n, (c, y, x) in enumerate(units):
     one = deconv.project_many(arch, params, trace, "conv4", units[n:n + 1])
@@ -181,7 +181,7 @@ def test_per_image_units_and_whole_maps():
   # map is the sum of its units. Higher up, the rectification at each layer makes it non-linear.
   c = _strongest(trace, "conv1", 0)[2]
   whole = deconv.project(arch, params, trace, "conv1", c)
-  units = np.array([[c, y, x] for y in range(32) for x in range(32)])
+  units = np.array([[c, y, x] for y in range(28) for x in range(28)])
   summed = deconv.project_many(arch, params, trace, "conv1", units).sum(1)
   np.testing.assert_allclose(whole, summed, rtol=1e-4, atol=1e-4 * float(jnp.abs(whole).max()))
 
@@ -196,7 +196,7 @@ def test_projection_under_user_jit():
     (dict(layer="conv9", channel=0, y=0, x=0), "layer='conv9'.*allowed: conv1"),
     (dict(layer="pool1", channel=0, y=0, x=0), "layer='pool1'"),
     (dict(layer="conv5", channel=128, y=0, x=0), r"channel=128 is out of range; allowed: 0\.\.127"),
-    (dict(layer="conv5", channel=0, y=8, x=0), r"y=8 is out of range; allowed: 0\.\.7"),
+    (dict(layer="conv5", channel=0, y=7, x=0), r"y=7 is out of range; allowed: 0\.\.6"),
     (dict(layer="conv5", channel=0, y=0, x=-1), r"x=-1 is out of range"),
     (dict(layer="conv5", channel=0, y=0), "both y and x"),
     (dict(layer="conv5", channel=0, y=0, x=0, rule="lrp"), "rule='lrp' is unknown"),

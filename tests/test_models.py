@@ -12,8 +12,8 @@ EXPECTED = {
               "conv3": (13, 13, 384), "conv4": (13, 13, 384), "conv5": (13, 13, 256), "pool5": (6, 6, 256)},
     "alexnet": {"conv1": (55, 55, 96), "pool1": (27, 27, 96), "conv2": (27, 27, 256), "pool2": (13, 13, 256),
                 "conv3": (13, 13, 384), "conv4": (13, 13, 384), "conv5": (13, 13, 256), "pool5": (6, 6, 256)},
-    "zfnet64": {"conv1": (32, 32, 48), "pool1": (16, 16, 48), "conv2": (16, 16, 96), "pool2": (8, 8, 96),
-                "conv3": (8, 8, 192), "conv4": (8, 8, 192), "conv5": (8, 8, 128), "pool5": (4, 4, 128)},
+    "zfnet64": {"conv1": (28, 28, 48), "pool1": (14, 14, 48), "conv2": (14, 14, 96), "pool2": (7, 7, 96),
+                "conv3": (7, 7, 192), "conv4": (7, 7, 192), "conv5": (7, 7, 128), "pool5": (3, 3, 128)},
 }
 
 
@@ -53,14 +53,14 @@ def test_ablations_follow_table_3():
   assert small.activation_names == ("conv1", "conv2", "conv5", "fc8")
   params = models.init_params(small, jax.random.key(0), num_classes=5)
   assert params["conv5"]["kernel"].shape == (3, 3, 96, 128)
-  logits, _ = models.forward(small, params, jnp.zeros((2, 64, 64, 3)))
+  logits, _ = models.forward(small, params, jnp.zeros((2, 56, 56, 3)))
   assert logits.shape == (2, 5)
 
 
 def test_dropout_only_in_training():
   arch = models.get_arch("zfnet64")
   params = models.init_params(arch, jax.random.key(0), num_classes=10, bias=0.1)
-  images = jax.random.normal(jax.random.key(1), (2, 64, 64, 3)) * 50
+  images = jax.random.normal(jax.random.key(1), (2, 56, 56, 3)) * 50
   eval_a, _ = models.forward(arch, params, images)
   eval_b, _ = models.forward(arch, params, images)
   np.testing.assert_array_equal(eval_a, eval_b)
@@ -70,10 +70,10 @@ def test_dropout_only_in_training():
 
 
 @pytest.mark.parametrize("images,match", [
-    (jnp.zeros((64, 64, 3)), "shape"),
-    (jnp.zeros((1, 32, 32, 3)), "shape"),
-    (jnp.zeros((1, 64, 64, 1)), "shape"),
-    (np.zeros((1, 64, 64, 3), np.uint8), "dtype"),
+    (jnp.zeros((56, 56, 3)), "shape"),
+    (jnp.zeros((1, 64, 64, 3)), "shape"),
+    (jnp.zeros((1, 56, 56, 1)), "shape"),
+    (np.zeros((1, 56, 56, 3), np.uint8), "dtype"),
     ([[1.0]], "must be an array"),
 ])
 def test_bad_images_raise_one_value_error(images, match):
@@ -90,4 +90,4 @@ def test_bad_names_raise_value_error():
     models.get_arch("zfnet").layer("conv9")
   with pytest.raises(ValueError, match="rng"):
     arch = models.get_arch("zfnet64")
-    models.forward(arch, models.init_params(arch, jax.random.key(0), 2), jnp.zeros((1, 64, 64, 3)), train=True)
+    models.forward(arch, models.init_params(arch, jax.random.key(0), 2), jnp.zeros((1, 56, 56, 3)), train=True)

@@ -161,18 +161,22 @@ def alexnet() -> Arch:
 def zfnet64() -> Arch:
   """ZFNet's five-conv/two-fc shape for 64-px images (Tiny ImageNet), small enough for 2 CPU cores.
 
+  Input 56x56: crops of the 64-px images, as the paper's 224 crops of 256-px images (section 3).
   conv1 7x7 stride 2 (the paper's layer-1 choice), 48/96/192/192/128 maps, fc 512;
-  maps of 32, 16, 16, 8, 8, 8, 8, 4; 4*4*128 = 2048 into fc6.
+  maps of 28, 14, 14, 7, 7, 7, 7, 3; 3*3*128 = 1152 into fc6.
   """
-  return _five_conv_net("zfnet64", 64, [
+  return _five_conv_net("zfnet64", 56, [
       (48, 7, 2, _pad(3)), (96, 3, 1, _pad(1)), (192, 3, 1, _pad(1)),
       (192, 3, 1, _pad(1)), (128, 3, 1, _pad(1))],
       pools=[_pad(0, 1), _pad(0, 1), _pad(0, 1)], fc=512)
 
 
 def alexnet64() -> Arch:
-  """AlexNet's layer 1 (11x11, stride 4) on the zfnet64 body: the 64-px pair for Fig. 6."""
-  return _five_conv_net("alexnet64", 64, [
+  """AlexNet's layer 1 (11x11, stride 4) on the zfnet64 body, 56x56 input: the 64-px pair for Fig. 6.
+
+  Maps of 14, 7, 7, 3, 3, 3, 3, 1.
+  """
+  return _five_conv_net("alexnet64", 56, [
       (48, 11, 4, _pad(5)), (96, 5, 1, _pad(2)), (192, 3, 1, _pad(1)),
       (192, 3, 1, _pad(1)), (128, 3, 1, _pad(1))],
       pools=[_pad(0, 1), _pad(0, 1), _pad(0, 1)], fc=512)
