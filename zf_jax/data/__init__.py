@@ -1,0 +1,1 @@
+"""Datasets (TFDS) and the input pipeline of section 3."""

@@ -1,0 +1,98 @@
+"""Preprocessing of section 3, in numpy at the edges of the library.
+
+Images arrive as uint8 [H, W, 3] (any size; grayscale [H, W] or [H, W, 1] is expanded to RGB), are
+resized so the smallest side is `size` and center-cropped to size x size (256 for 224-px models, 64
+for the 64-px variants), have the per-pixel mean image subtracted, and are cropped to the model's
+input (224 or 56): random crops with horizontal flips in training, the center or 10 crops
+(corners + center, with flips) in evaluation.
+"""
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+
+def to_rgb(image: np.ndarray) -> np.ndarray:
+  """uint8 [H, W], [H, W, 1], [H, W, 3] or [H, W, 4] -> uint8 [H, W, 3]."""
+  image = np.asarray(image)
+  if image.ndim == 2:
+    image = image[..., None]
+  if image.ndim != 3 or image.shape[-1] not in (1, 3, 4):
+    raise ValueError(f"image has shape {image.shape}; allowed: [H, W], [H, W, 1], [H, W, 3] or [H, W, 4]")
+  if image.shape[-1] == 1:
+    image = np.repeat(image, 3, axis=-1)
+  return np.ascontiguousarray(image[..., :3]).astype(np.uint8)
+
+
+def resize_and_center_crop(image: np.ndarray, size: int) -> np.ndarray:
+  """Smallest side resized to `size` (bilinear, antialiased), then the center size x size.
+
+  Args:
+    image: uint8 [H, W] or [H, W, C].
+    size: the output side.
+
+  Returns:
+    uint8 [size, size, 3].
+  """
+  image = to_rgb(image)
+  h, w = image.shape[:2]
+  if (h, w) != (size, size):
+    scale = size / min(h, w)
+    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+    image = np.asarray(Image.fromarray(image).resize((nw, nh), Image.BILINEAR))
+    top, left = (nh - size) // 2, (nw - size) // 2
+    image = image[top:top + size, left:left + size]
+  return image
+
+
+def subtract_mean(images: np.ndarray, mean_image: np.ndarray) -> np.ndarray:
+  """uint8 [..., S, S, 3] minus the per-pixel mean float32 [S, S, 3] -> float32 [..., S, S, 3]."""
+  return images.astype(np.float32) - mean_image.astype(np.float32)
+
+
+def center_crop(images: np.ndarray, crop: int) -> np.ndarray:
+  """[..., S, S, C] -> [..., crop, crop, C], the center."""
+  s = images.shape[-2]
+  o = (s - crop) // 2
+  return images[..., o:o + crop, o:o + crop, :]
+
+
+def random_crop_flip(images: np.ndarray, crop: int, rng: np.random.Generator) -> np.ndarray:
+  """Training augmentation: one random crop and a coin-flip horizontal mirror per image.
+
+  Args:
+    images: [B, S, S, C].
+    crop: output side.
+    rng: numpy Generator (seed it from the step for exact resume).
+
+  Returns:
+    [B, crop, crop, C].
+  """
+  b, s = images.shape[0], images.shape[1]
+  ys = rng.integers(0, s - crop + 1, b)
+  xs = rng.integers(0, s - crop + 1, b)
+  flips = rng.random(b) < 0.5
+  out = np.empty((b, crop, crop, images.shape[-1]), images.dtype)
+  for i in range(b):
+    patch = images[i, ys[i]:ys[i] + crop, xs[i]:xs[i] + crop]
+    out[i] = patch[:, ::-1] if flips[i] else patch
+  return out
+
+
+def ten_crops(images: np.ndarray, crop: int) -> np.ndarray:
+  """The 10 evaluation crops of section 3: 4 corners and the center, each also mirrored.
+
+  Args:
+    images: [B, S, S, C].
+
+  Returns:
+    [B, 10, crop, crop, C]: top-left, top-right, bottom-left, bottom-right, center, then the same
+    five flipped horizontally.
+  """
+  s = images.shape[1]
+  e = s - crop
+  c = e // 2
+  corners = [(0, 0), (0, e), (e, 0), (e, e), (c, c)]
+  crops = [images[:, y:y + crop, x:x + crop] for y, x in corners]
+  crops += [p[:, :, ::-1] for p in crops]
+  return np.stack(crops, axis=1)
