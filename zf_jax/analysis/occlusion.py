@@ -1,0 +1,310 @@
+"""Fig. 7: occlusion sensitivity (section 4.2), and a localization score over labelled boxes.
+
+A grey square of side `size` is slid over the image with step `stride` (top-left corners 0,
+stride, ... <= S - size on both axes). Grey is the dataset mean: in the mean-subtracted inputs the
+library uses, the occluded pixels are set to 0 (with the per-pixel mean image, each occluded pixel
+becomes that pixel of the mean). For every position the module records
+
+  (b) the total activation (summed over space) of one top-conv-layer ("conv5") feature map: the
+      strongest one in the unoccluded image, i.e. the map with the largest single activation;
+  (d) p(correct class) = softmax(logits)[label];
+  (e) the most probable class;
+
+and (c) the deconvnet projection (section 2.1) of that map's strongest unit in the unoccluded image,
+with the unit's receptive field. All positions of all images run as batched, jitted forward passes,
+the occluded copies made inside the jitted function.
+
+`localization` asks whether the classifier looks at the object: among correctly classified images,
+the share whose p(correct) minimum (the occluder's center there) lies inside the object's box.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from zf_jax import deconv, models
+from zf_jax.analysis import common
+from zf_jax.models import Arch, Params
+
+
+def corners(input_size: int, size: int | None = None, stride: int | None = None) -> tuple[np.ndarray, int]:
+  """Occluder top-left offsets on each axis, and the occluder side.
+
+  Args:
+    input_size: S.
+    size: the square's side; default S/4 (56 px at 224, 14 at 56).
+    stride: the step between positions; default S/28 (8 px at 224, 2 at 56).
+
+  Returns:
+    int32 [P] offsets 0, stride, ... <= S - size, and the side.
+  """
+  size = input_size // 4 if size is None else size
+  stride = max(1, input_size // 28) if stride is None else stride
+  if not 1 <= size <= input_size:
+    raise ValueError(f"size={size} is not allowed; allowed: 1..{input_size} (the input side)")
+  if stride < 1:
+    raise ValueError(f"stride={stride} is not allowed; allowed: >= 1")
+  return np.arange(0, input_size - size + 1, stride, dtype=np.int32), size
+
+
+def occlude(images: jax.Array, boxes: jax.Array) -> jax.Array:
+  """Greys out one box per image: pixels inside become 0, the mean (section 4.2, Fig. 7 and 8).
+
+  Args:
+    images: float [N, S, S, 3], mean-subtracted.
+    boxes: int [N, 4] (y0, x0, y1, x1), half-open; an empty box leaves the image as it is.
+
+  Returns:
+    float [N, S, S, 3].
+  """
+  r = jnp.arange(images.shape[1])
+  rows = (r >= boxes[:, 0:1]) & (r < boxes[:, 2:3])
+  cols = (r >= boxes[:, 1:2]) & (r < boxes[:, 3:4])
+  return jnp.where((rows[:, :, None] & cols[:, None, :])[..., None], 0.0, images)
+
+
+@functools.partial(jax.jit, static_argnames=("arch", "layer"))
+def _occluded(arch: Arch, params: Params, images: jax.Array, labels: jax.Array, channels: jax.Array,
+              index: jax.Array, boxes: jax.Array, layer: str):
+  """images[index] occluded by boxes ([N], [N, 4]) -> total activation of map channels[index] [N],
+  p(labels[index]) [N], top-1 class [N]."""
+  logits, trace = models.forward(arch, params, occlude(images[index], boxes))
+  totals = trace.activations[layer].sum(axis=(1, 2))
+  activity = jnp.take_along_axis(totals, channels[index][:, None], axis=1)[:, 0]
+  p_true = jnp.take_along_axis(jax.nn.softmax(logits), labels[index][:, None], axis=1)[:, 0]
+  return activity, p_true, jnp.argmax(logits, axis=1).astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames=("arch", "layer"))
+def _strongest(arch: Arch, params: Params, images: jax.Array, layer: str):
+  """Unoccluded images [N, S, S, 3] -> the strongest unit of layer (the largest activation: int32
+  [N, 3] channel, y, x) and the top-1 class [N]."""
+  logits, trace = models.forward(arch, params, images)
+  act = trace.activations[layer]
+  n, h, w, c = act.shape
+  flat = act.reshape(n, -1).argmax(axis=1)
+  units = jnp.stack([flat % c, flat // c // w, flat // c % w], axis=1).astype(jnp.int32)
+  return units, jnp.argmax(logits, axis=1).astype(jnp.int32)
+
+
+def _num_classes(arch: Arch, params: Params) -> int:
+  return int(params[arch.layers[-1].name]["kernel"].shape[1])
+
+
+def _check_layer(arch: Arch, layer: str | None) -> str:
+  layer = arch.conv_names[-1] if layer is None else layer
+  if layer not in arch.conv_names:
+    raise ValueError(f"layer={layer!r} is not a conv layer of {arch.name!r}; allowed: {', '.join(arch.conv_names)}")
+  return layer
+
+
+def occlusion_maps(arch: Arch, params: Params, images: Any, labels: Any = None, size: int | None = None,
+                   stride: int | None = None, layer: str | None = None,
+                   batch_size: int = 64) -> dict[str, np.ndarray]:
+  """The maps of Fig. 7 (b), (d), (e), without the projection (c).
+
+  Args:
+    arch, params: the model.
+    images: float [B, S, S, 3], mean-subtracted.
+    labels: int [B] correct classes; None uses each image's top-1 class (unoccluded).
+    size, stride: the occluder (see `corners`).
+    layer: the conv layer of (b); default the top one ("conv5").
+    batch_size: forward passes per jitted call.
+
+  Returns:
+    "labels" [B], "predicted" [B] (unoccluded top-1), "corners" [P], "size" (), "layer" (),
+    "map" [B] (the strongest map's channel), "unit" [B, 3] (its strongest unit: channel, y, x),
+    "activity" [B, P, P], "activity_unoccluded" [B], "p_true" [B, P, P], "p_true_unoccluded" [B],
+    "top_label" [B, P, P]; map axes are (occluder row, occluder column).
+  """
+  models.check_images(arch, images)
+  layer = _check_layer(arch, layer)
+  offsets, size = corners(arch.input_size, size, stride)
+  images = jnp.asarray(images, jnp.float32)
+  batch, p = images.shape[0], len(offsets)
+  units, predicted = common.map_chunks(lambda x: _strongest(arch, params, x, layer), (images,), min(batch_size, batch))
+  channels = units[:, 0]
+  labels = predicted if labels is None else common.check_labels(labels, batch, _num_classes(arch, params))
+  grid = np.stack(np.meshgrid(offsets, offsets, indexing="ij"), -1).reshape(-1, 2)
+  # Each image's positions, then an empty box: the unoccluded reference, at the same batch size.
+  boxes = np.concatenate([np.tile(np.concatenate([grid, grid + size], 1), (batch, 1)), np.zeros((batch, 4))])
+  index = np.concatenate([np.repeat(np.arange(batch), len(grid)), np.arange(batch)])
+  activity, p_true, top = common.map_chunks(
+      lambda i, c: _occluded(arch, params, images, jnp.asarray(labels), jnp.asarray(channels), i, c, layer),
+      (index.astype(np.int32), boxes.astype(np.int32)), min(batch_size, len(index)))
+  n = batch * p * p
+  return {"labels": labels, "predicted": predicted, "corners": offsets, "size": np.array(size),
+          "layer": np.array(layer), "map": channels, "unit": units,
+          "activity": activity[:n].reshape(batch, p, p), "activity_unoccluded": activity[n:],
+          "p_true": p_true[:n].reshape(batch, p, p), "p_true_unoccluded": p_true[n:],
+          "top_label": top[:n].reshape(batch, p, p)}
+
+
+def compute(arch: Arch, params: Params, images: Any, labels: Any = None, class_names: Sequence[str] | None = None,
+            size: int | None = None, stride: int | None = None, layer: str | None = None,
+            mean_image: Any = None, batch_size: int = 64) -> dict[str, np.ndarray]:
+  """Everything Fig. 7 shows, one row per image.
+
+  Args:
+    arch, params, images, labels, size, stride, layer, batch_size: as `occlusion_maps`.
+    class_names: [C] names for the legend of (e); default the class indices.
+    mean_image: only to show the photos (see `common.display_images`).
+
+  Returns:
+    `occlusion_maps`'s arrays, plus "images" [B, S, S, 3] and "projection" [B, S, S, 3] (the
+    strongest unit's deconvnet projection, both for display in [0, 1]), "box" [B, 4] (that unit's
+    receptive field, y0, x0, y1, x1 half-open) and "class_names" [C].
+  """
+  num_classes = _num_classes(arch, params)
+  names = [str(c) for c in range(num_classes)] if class_names is None else [str(c) for c in class_names]
+  if len(names) != num_classes:
+    raise ValueError(f"class_names has {len(names)} names; the model has {num_classes} classes")
+  out = occlusion_maps(arch, params, images, labels, size, stride, layer, batch_size)
+  layer = str(out["layer"])
+  _, trace = models.forward(arch, params, jnp.asarray(images, jnp.float32))
+  channel, y, x = out["unit"].T
+  projection = deconv.project(arch, params, trace, layer, channel=channel, y=y, x=x)
+  return out | {"images": common.display_images(images, mean_image),
+                "projection": common.to_display(np.asarray(projection)),
+                "box": np.array([deconv.receptive_field(arch, layer, int(i), int(j)) for i, j in zip(y, x)], np.int32),
+                "class_names": np.array(names)}
+
+
+def _minimum_centers(maps: np.ndarray, offsets: np.ndarray, size: int) -> np.ndarray:
+  """[B, P, P] -> float [B, 2] (y, x) center of the occluder where each map is smallest (first if tied)."""
+  flat = maps.reshape(len(maps), -1).argmin(1)
+  iy, ix = np.unravel_index(flat, maps.shape[1:])
+  return np.stack([offsets[iy], offsets[ix]], 1) + size / 2
+
+
+def localization_score(maps: Mapping[str, np.ndarray], boxes: Any) -> dict[str, Any]:
+  """Does occluding the object hurt most? (section 4.2, as a number).
+
+  The occluder's center at the p(correct) minimum is inside a box (y0, x0, y1, x1) when
+  y0 <= cy <= y1 and x0 <= cx <= x1 (continuous pixel coordinates: pixel i spans [i, i + 1)).
+
+  Args:
+    maps: from `occlusion_maps` (or `compute`): "p_true", "corners", "size", "labels", "predicted".
+    boxes: int [B, 4] (y0, x0, y1, x1), half-open, on the model input (`common.input_boxes` maps
+      boxes of the original photos there).
+
+  Returns:
+    "score": the share of correctly classified images whose minimum is inside their box (nan
+    when none is correct), "num_correct", "num_images", and per image "correct" [B], "inside" [B],
+    "minimum" [B, 2] (the occluder center, y, x).
+  """
+  boxes = np.asarray(boxes)
+  batch = len(maps["labels"])
+  if boxes.shape != (batch, 4):
+    raise ValueError(f"boxes has shape {boxes.shape}; allowed: [{batch}, 4] (y0, x0, y1, x1), one per image")
+  center = _minimum_centers(maps["p_true"], maps["corners"], int(maps["size"]))
+  inside = ((boxes[:, :2] <= center) & (center <= boxes[:, 2:])).all(1)
+  correct = maps["predicted"] == maps["labels"]
+  return {"score": float(inside[correct].mean()) if correct.any() else float("nan"),
+          "num_correct": int(correct.sum()), "num_images": batch,
+          "correct": correct, "inside": inside, "minimum": center}
+
+
+def boxes_from_corners(corners: Any, image_size: int, input_size: int) -> np.ndarray:
+  """Inclusive (x0, y0, x1, y1) corners on the image_size images (Tiny ImageNet's boxes.csv, as
+  `data.tiny_imagenet.boxes` reads them) -> int [B, 4] (y0, x0, y1, x1) half-open on the center
+  input_size crop, for `localization`."""
+  corners = np.asarray(corners, np.int64).reshape(-1, 4)
+  boxes = np.stack([corners[:, 1], corners[:, 0], corners[:, 3] + 1, corners[:, 2] + 1], 1)
+  return common.input_boxes(boxes, (image_size, image_size), image_size, input_size)
+
+
+def localization(arch: Arch, params: Params, images: Any, labels: Any, boxes: Any, size: int | None = None,
+                 stride: int | None = None, batch_size: int = 64) -> dict[str, Any]:
+  """`localization_score` of labelled images (e.g. Tiny ImageNet's boxes.csv), without projections.
+
+  Args:
+    arch, params, images, labels, size, stride, batch_size: as `occlusion_maps` (labels required).
+    boxes: int [B, 4] (y0, x0, y1, x1) half-open on the model input.
+  """
+  if labels is None:
+    raise ValueError("labels is None; localization needs the correct class of every image")
+  return localization_score(occlusion_maps(arch, params, images, labels, size, stride, None, batch_size), boxes)
+
+
+def _extent(offsets: np.ndarray, size: int) -> tuple[float, float, float, float]:
+  """imshow extent placing each map cell on its occluder's center, in input pixels."""
+  step = offsets[1] - offsets[0] if len(offsets) > 1 else size
+  lo, hi = offsets[0] + size / 2 - step / 2, offsets[-1] + size / 2 + step / 2
+  return lo - 0.5, hi - 0.5, hi - 0.5, lo - 0.5
+
+
+def _heatmap(ax: Any, fig: Any, values: np.ndarray, offsets: np.ndarray, size: int, s: int, title: str,
+             **kwargs: Any) -> None:
+  im = ax.imshow(values, cmap="jet", extent=_extent(offsets, size), interpolation="nearest", **kwargs)
+  ax.set_xlim(-0.5, s - 0.5)
+  ax.set_ylim(s - 0.5, -0.5)
+  fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03).ax.tick_params(labelsize=7)
+  ax.set_title(title, fontsize=9)
+
+
+def plot(result: Mapping[str, np.ndarray], path: str) -> None:
+  """Fig. 7's layout: one row per image; columns (a) the image with the grey square where
+  p(correct) is lowest, (b) total activity of the strongest map, (c) its projection with the
+  unit's receptive field (black square), (d) p(correct class), (e) the most probable class."""
+  import matplotlib.pyplot as plt
+  from matplotlib.patches import Patch, Rectangle
+  images, offsets, size = result["images"], result["corners"], int(result["size"])
+  names = result["class_names"]
+  batch, s = images.shape[:2]
+  fig, axes = plt.subplots(batch, 5, figsize=(19, 3.4 * batch), squeeze=False)
+  minima = _minimum_centers(result["p_true"], offsets, size) - size / 2
+  for b, row in enumerate(axes):
+    label = int(result["labels"][b])
+    row[0].imshow(images[b])
+    row[0].add_patch(Rectangle(minima[b][::-1] - 0.5, size, size, color="0.5"))
+    row[0].set_title(f"(a) {names[label][:28]}\np(correct) = {result['p_true_unoccluded'][b]:.3f}", fontsize=9)
+    _heatmap(row[1], fig, result["activity"][b], offsets, size, s,
+             f"(b) {result['layer']} map {result['map'][b]}: total activation")
+    row[2].imshow(result["projection"][b])
+    y0, x0, y1, x1 = result["box"][b]
+    row[2].add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, color="k", lw=1.5))
+    row[2].set_title(f"(c) projection of map {result['map'][b]}", fontsize=9)
+    _heatmap(row[3], fig, result["p_true"][b], offsets, size, s, "(d) p(correct class)", vmin=0)
+    top = result["top_label"][b]
+    classes, inverse, counts = np.unique(top, return_inverse=True, return_counts=True)
+    order = np.argsort(-counts, kind="stable")  # the most frequent class first
+    rank = np.argsort(order)
+    palette = plt.cm.tab20(np.arange(len(classes)) % 20)
+    row[4].imshow(palette[rank[inverse.reshape(top.shape)], :3], extent=_extent(offsets, size), interpolation="nearest")
+    row[4].set_xlim(-0.5, s - 0.5)
+    row[4].set_ylim(s - 0.5, -0.5)
+    row[4].set_title("(e) most probable class (* = correct)", fontsize=9)
+    handles = [Patch(color=palette[j], label=("* " if classes[i] == label else "") + names[classes[i]][:24])
+               for j, i in enumerate(order[:10])]
+    row[4].legend(handles=handles, fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
+    for ax in row:
+      ax.set_xticks([])
+      ax.set_yticks([])
+  fig.tight_layout()
+  common.save_figure(fig, path)
+
+
+def summary(result: Mapping[str, np.ndarray]) -> dict[str, Any]:
+  """JSON-able numbers per image: classes, the strongest map, and where the occluder hurts most."""
+  size, offsets = int(result["size"]), result["corners"]
+  names = result["class_names"]
+  p_min = _minimum_centers(result["p_true"], offsets, size)
+  a_min = _minimum_centers(result["activity"], offsets, size)
+  images = []
+  for b, label in enumerate(result["labels"]):
+    classes, counts = np.unique(result["top_label"][b], return_counts=True)
+    images.append({
+        "label": int(label), "class": str(names[label]), "predicted": int(result["predicted"][b]),
+        "p_correct_unoccluded": float(result["p_true_unoccluded"][b]),
+        "p_correct_min": float(result["p_true"][b].min()), "p_correct_min_at": p_min[b].tolist(),
+        "map": int(result["map"][b]), "unit": result["unit"][b].tolist(), "receptive_field": result["box"][b].tolist(),
+        "activity_unoccluded": float(result["activity_unoccluded"][b]),
+        "activity_min": float(result["activity"][b].min()), "activity_min_at": a_min[b].tolist(),
+        "share_positions_correct": float((result["top_label"][b] == label).mean()),
+        "top_labels": {str(names[c]): int(n) for c, n in zip(classes, counts)}})
+  return {"layer": str(result["layer"]), "size": size, "corners": offsets.tolist(), "images": images}
