@@ -5,8 +5,10 @@ activations of that layer to zero, then goes down layer by layer:
   pool -> unpool with the recorded switches, conv -> rectify then filter with the transposed
   (flipped) weights, fc -> transposed weights, norm -> skipped (contrast normalization is not
   inverted on the way down).
-It reuses the forward pass's trace: no second forward pass. Projections are scaled by the
-activation they start from, as in the paper (Captum's gradient-based methods start from 1).
+It reuses the forward pass's trace: no second forward pass. A single conv unit is projected on
+windows that follow its receptive field down (`_windows`), a whole map or an fc unit on whole maps.
+Projections are scaled by the activation they start from, as in the paper (Captum's gradient-based
+methods start from 1).
 
 `rule` picks how each ReLU is reversed (g is the signal coming down, a the forward activation):
   "deconvnet": relu(g)                 (Zeiler & Fergus)
@@ -18,6 +20,7 @@ compiles once per shape.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any
 
@@ -53,8 +56,12 @@ def project_signal(arch: Arch, params: Params, trace: Trace, layer: str, signal:
   Returns:
     [B, S, S, 3] pixels.
   """
+  return _down(arch, params, trace, arch.layer_names.index(layer), signal, rule)
+
+
+def _down(arch: Arch, params: Params, trace: Trace, index: int, signal: jax.Array, rule: str) -> jax.Array:
+  """The deconvnet from the output of arch.layers[index] down to pixels, on whole maps."""
   shapes = arch.shapes()
-  index = arch.layer_names.index(layer)
   for i in range(index, -1, -1):
     spec = arch.layers[i]
     below = shapes[arch.layers[i - 1].name] if i else (arch.input_size, arch.input_size, 3)
@@ -70,6 +77,121 @@ def project_signal(arch: Arch, params: Params, trace: Trace, layer: str, signal:
     else:
       assert isinstance(spec, Norm)  # skipped on the way down (section 2.1)
   return signal
+
+
+# --- One unit's projection only ever touches its receptive field, so below a conv unit the deconvnet
+# runs on windows that follow the unit instead of on whole maps (at conv5 of ZF-224: 3x3, 5x5, 7x7,
+# 15x15, 33x33, 67x67 of maps of 13, 13, 13, 26, 55, 110: a quarter of the FLOPs). A window is
+# n x n positions of a map starting at row scale * y + shift_y and column scale * x + shift_x, (y, x)
+# being the unit's position; it may hang over the map's edges, where the trace is padded (with 0
+# activations and -1 switches) and the signal is kept at zero. Once a window would cover its whole
+# map, the rest of the way runs on whole maps (`_down`).
+
+
+@dataclasses.dataclass(frozen=True)
+class _Window:
+  """The window at the output of arch.layers[index]; `pads` are its trace's (low, high) padding."""
+  index: int
+  size: int
+  scale: int
+  shift: tuple[int, int]
+  pads: tuple[tuple[int, int], tuple[int, int]]
+
+
+@functools.cache
+def _windows(arch: Arch, layer: str) -> tuple[tuple[_Window, ...], int]:
+  """The windows from a conv `layer` down, and the layer index where whole maps take over (-1: none)."""
+  shapes = arch.shapes()
+  index = arch.layer_names.index(layer)
+  size, scale, shift = 1, 1, (0, 0)
+  windows = []
+  for i in range(index, -1, -1):
+    spec = arch.layers[i]
+    if isinstance(spec, Norm):
+      continue
+    here = shapes[spec.name][:2]
+    below = shapes[arch.layers[i - 1].name][:2] if i else (arch.input_size, arch.input_size)
+    k = spec.kernel if isinstance(spec, Conv) else spec.window
+    if (size - 1) * spec.stride + k >= min(below):
+      return (*windows, _Window(i, size, scale, shift, ((0, 0), (0, 0)))), i
+    pads = tuple((max(0, -b), max(0, scale * (h - 1) + b + size - h)) for b, h in zip(shift, here))
+    windows.append(_Window(i, size, scale, shift, pads))
+    size = (size - 1) * spec.stride + k
+    scale *= spec.stride
+    shift = tuple(b * spec.stride - lo for b, (lo, _) in zip(shift, spec.padding))
+  windows.append(_Window(-1, size, scale, shift, ((0, 0), (0, 0))))
+  return tuple(windows), -1
+
+
+def _window_start(window: _Window, unit: jax.Array) -> tuple[jax.Array, jax.Array]:
+  return window.scale * unit[1] + window.shift[0], window.scale * unit[2] + window.shift[1]
+
+
+def _cut(padded: jax.Array, window: _Window, unit: jax.Array) -> jax.Array:
+  """The window [n, n, c] out of one image's map, padded by window.pads."""
+  y0, x0 = _window_start(window, unit)
+  start = (y0 + window.pads[0][0], x0 + window.pads[1][0], 0)
+  return jax.lax.dynamic_slice(padded, start, (window.size, window.size, padded.shape[-1]))
+
+
+def _place(signal: jax.Array, window: _Window, unit: jax.Array, hw: tuple[int, int]) -> jax.Array:
+  """The window [n, n, c] put in a whole map [h, w, c] (zero elsewhere; what hangs over is dropped)."""
+  y0, x0 = _window_start(window, unit)
+  framed = jnp.pad(signal, ((hw[0], hw[0]), (hw[1], hw[1]), (0, 0)))
+  return jax.lax.dynamic_slice(framed, (hw[0] - y0, hw[1] - x0, 0), (*hw, signal.shape[-1]))
+
+
+def _inside(signal: jax.Array, window: _Window, unit: jax.Array, hw: tuple[int, int]) -> jax.Array:
+  """The window's signal with the positions that hang over the map's edges set to zero."""
+  y0, x0 = _window_start(window, unit)
+  rows = y0 + jnp.arange(window.size)
+  cols = x0 + jnp.arange(window.size)
+  keep = ((rows >= 0) & (rows < hw[0]))[:, None, None] & ((cols >= 0) & (cols < hw[1]))[None, :, None]
+  return jnp.where(keep, signal, 0.0)
+
+
+def _project_windowed(arch: Arch, params: Params, padded: Trace, trace: Trace, layer: str, unit: jax.Array,
+                      rule: str) -> jax.Array:
+  """One image's projection of one conv unit (channel, y, x) -> [S, S, 3], on windows.
+
+  `padded` holds the windows' trace maps padded as `_windows` says, `trace` the whole maps (both
+  without the batch axis).
+  """
+  shapes = arch.shapes()
+  windows, dense_from = _windows(arch, layer)
+  top = trace.activations[layer]  # the first window is the unit itself, inside the map: no padding
+  signal = jnp.where(jnp.arange(top.shape[-1]) == unit[0], _cut(top, windows[0], unit), 0.0)
+  for window, below in zip(windows[:-1], windows[1:]):
+    spec = arch.layers[window.index]
+    size = (below.size, below.size)
+    if isinstance(spec, Conv):
+      signal = _reverse_relu(signal, _cut(padded.activations[spec.name], window, unit), rule)
+      signal = layers.conv2d_transpose(signal[None], params[spec.name]["kernel"], spec.stride, ((0, 0), (0, 0)),
+                                       size)[0]
+    else:
+      switches = _cut(padded.switches[spec.name], window, unit)
+      signal = layers.unpool(signal[None], switches[None], spec.window, spec.stride, ((0, 0), (0, 0)), size)[0]
+    if isinstance(spec, Conv) and below.index >= 0:  # the transposed filters also reach the conv's padding
+      signal = _inside(signal, below, unit, shapes[arch.layers[below.index].name][:2])
+  last = windows[-1]
+  if dense_from < 0:
+    return _place(signal, last, unit, (arch.input_size, arch.input_size))
+  whole = _place(signal, last, unit, shapes[arch.layers[dense_from].name][:2])
+  one = jax.tree.map(lambda a: a[None], trace)
+  return _down(arch, params, one, dense_from, whole[None], rule)[0]
+
+
+def _pad_trace(arch: Arch, trace: Trace, layer: str) -> Trace:
+  """The trace maps the windows read, [B, ...] padded as `_windows` says (0 activations, -1 switches)."""
+  activations, switches = {}, {}
+  for window in _windows(arch, layer)[0][:-1]:
+    spec = arch.layers[window.index]
+    pads = ((0, 0), *window.pads, (0, 0))
+    if isinstance(spec, Conv):
+      activations[spec.name] = jnp.pad(trace.activations[spec.name], pads)
+    else:
+      switches[spec.name] = jnp.pad(trace.switches[spec.name], pads, constant_values=-1)
+  return Trace(activations, switches)
 
 
 def _select(activation: jax.Array, unit: jax.Array, whole_map: bool) -> jax.Array:
@@ -88,7 +210,14 @@ def _select(activation: jax.Array, unit: jax.Array, whole_map: bool) -> jax.Arra
 @functools.partial(jax.jit, static_argnames=("arch", "layer", "rule"))
 def _project_units(arch: Arch, params: Params, trace: Trace, layer: str, units: jax.Array,
                    rule: str) -> jax.Array:
-  """units int32 [B, N, 3] or [B, N, 1] -> pixels [B, N, S, S, 3], vmapped over N."""
+  """units int32 [B, N, 3] or [B, N, 1] -> pixels [B, N, S, S, 3], vmapped over N.
+
+  Single conv units run on windows that follow their receptive fields; whole maps and fc units run
+  on whole maps.
+  """
+  if units.shape[-1] == 3 and isinstance(arch.layer(layer), Conv):
+    per_image = jax.vmap(lambda p, t, unit: _project_windowed(arch, params, p, t, layer, unit, rule))
+    return jax.vmap(per_image, in_axes=(None, None, 1), out_axes=1)(_pad_trace(arch, trace, layer), trace, units)
   whole_map = units.shape[-1] == 1
 
   def one(unit):  # unit: [B, 3] or [B, 1]

@@ -57,14 +57,13 @@ def conv2d_transpose(y: jax.Array, kernel: jax.Array, stride: int, padding: Padd
                                   dimension_numbers=_DIMS)
 
 
-def _pool_windows(x: jax.Array, window: int, stride: int, padding: Padding) -> jax.Array:
-  """[B, Ho, Wo, C, window*window]: every pooling region's values, row-major in the window."""
+def _window_views(x: jax.Array, window: int, stride: int, padding: Padding) -> list[jax.Array]:
+  """The window*window strided views [B, Ho, Wo, C] of the -inf padded input, row-major in the window."""
   xp = jnp.pad(x, ((0, 0), *padding, (0, 0)), constant_values=-jnp.inf)
   ho = (xp.shape[1] - window) // stride + 1
   wo = (xp.shape[2] - window) // stride + 1
-  views = [xp[:, dy:dy + stride * (ho - 1) + 1:stride, dx:dx + stride * (wo - 1) + 1:stride]
-           for dy in range(window) for dx in range(window)]
-  return jnp.stack(views, axis=-1)
+  return [xp[:, dy:dy + stride * (ho - 1) + 1:stride, dx:dx + stride * (wo - 1) + 1:stride]
+          for dy in range(window) for dx in range(window)]
 
 
 def max_pool(x: jax.Array, window: int, stride: int, padding: Padding) -> tuple[jax.Array, jax.Array]:
@@ -83,8 +82,15 @@ def max_pool(x: jax.Array, window: int, stride: int, padding: Padding) -> tuple[
     switches: int32 [B, Ho, Wo, C], the position of each maximum inside its window, row-major
       (dy * window + dx); the input row is oy * stride - top + dy. The first maximum wins ties.
   """
-  windows = _pool_windows(x, window, stride, padding)
-  return windows.max(axis=-1), jnp.argmax(windows, axis=-1).astype(jnp.int32)
+  # A running maximum over the strided views: elementwise ops that XLA fuses into one pass, where
+  # stacking the views and taking max and argmax would write the input nine times over.
+  views = _window_views(x, window, stride, padding)
+  pooled, switches = views[0], jnp.zeros(views[0].shape, jnp.int32)
+  for position, view in enumerate(views[1:], start=1):
+    better = view > pooled
+    pooled = jnp.where(better, view, pooled)
+    switches = jnp.where(better, position, switches)
+  return pooled, switches
 
 
 def switch_positions(switches: jax.Array, window: int, stride: int,
@@ -112,13 +118,19 @@ def unpool(y: jax.Array, switches: jax.Array, window: int, stride: int, padding:
   Returns:
     [B, H, W, C], zero everywhere no switch points.
   """
+  # Each window position's values are spread to their inputs by an interior (strided) zero padding
+  # and summed: elementwise ops that XLA fuses into one pass, where strided .at[].add scatters do not.
   (top, bottom), (left, right) = padding
-  b, ho, wo, c = y.shape
-  out = jnp.zeros((b, input_hw[0] + top + bottom, input_hw[1] + left + right, c), y.dtype)
-  for dy in range(window):
-    for dx in range(window):
-      here = jnp.where(switches == dy * window + dx, y, 0)
-      out = out.at[:, dy:dy + stride * (ho - 1) + 1:stride, dx:dx + stride * (wo - 1) + 1:stride].add(here)
+  _, ho, wo, _ = y.shape
+  height, width = input_hw[0] + top + bottom, input_hw[1] + left + right
+  zero = jnp.zeros((), y.dtype)
+
+  def spread(dy: int, dx: int) -> jax.Array:
+    here = jnp.where(switches == dy * window + dx, y, zero)
+    return lax.pad(here, zero, ((0, 0, 0), (dy, height - dy - stride * (ho - 1) - 1, stride - 1),
+                                (dx, width - dx - stride * (wo - 1) - 1, stride - 1), (0, 0, 0)))
+
+  out = sum(spread(dy, dx) for dy in range(window) for dx in range(window))
   return out[:, top:top + input_hw[0], left:left + input_hw[1]]
 
 

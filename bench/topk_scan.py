@@ -1,0 +1,108 @@
+"""Benchmark 3: the streaming top-9 scan (Fig. 2) vs plain forward passes, and its peak memory.
+
+  * Speed: `analysis.topk.scan` over N in-memory images (all conv layers, k = 9) against the plain
+    jitted forward pass over the same batches from the same host array.
+  * Memory: the scan in a fresh process (peak resident set size, Linux's VmHWM) over a synthetic
+    dataset that makes its images on demand, at two dataset sizes: the running top-k is O(maps * k),
+    so the peak must not grow with the dataset.
+
+`python -m bench.topk_scan --memory N --model NAME` is the child process of the memory measurement.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import subprocess
+import sys
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bench import common
+from zf_jax import models
+
+BATCH = 64
+
+
+class SyntheticImages:
+  """N random mean-subtracted images made on demand (image i is always the same): a lazy dataset."""
+
+  def __init__(self, n: int, side: int):
+    self.n, self.side = n, side
+
+  def __len__(self) -> int:
+    return self.n
+
+  def __getitem__(self, indices: slice) -> np.ndarray:
+    return np.stack([np.random.default_rng(i).normal(0.0, 60.0, (self.side, self.side, 3)).astype(np.float32)
+                     for i in range(*indices.indices(self.n))])
+
+
+def peak_rss_mib(name: str, n: int) -> float:
+  """Peak resident memory (MiB) of a fresh process that scans n synthetic images with `name`."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  out = subprocess.run([sys.executable, "-m", "bench.topk_scan", "--memory", str(n), "--model", name],
+                       capture_output=True, text=True, check=True, cwd=root).stdout
+  return float(json.loads(out.strip().splitlines()[-1])["peak_rss_mib"])
+
+
+def bench_model(topk: Any, name: str, n: int, sizes: tuple[int, int], repeats: int) -> list[dict[str, Any]]:
+  """Scan vs forward img/s on n images, and the scan's peak memory at two dataset sizes."""
+  arch, params, images = common.model(name, n)
+  batches = [images[i:i + BATCH] for i in range(0, n, BATCH)]
+
+  def forward() -> list[jax.Array]:
+    return [models.forward(arch, params, jnp.asarray(batch))[0] for batch in batches]
+
+  times = common.timeit({"scan": lambda: topk.scan(arch, params, images, batch_size=BATCH), "forward": forward},
+                        repeats)
+  scan_s, forward_s = times["scan"], times["forward"]
+  small, large = (peak_rss_mib(name, size) for size in sizes)
+  print(f"[topk_scan] {name}: scan {n / scan_s:.0f} img/s, forward {n / forward_s:.0f} img/s; peak RSS "
+        f"{small:.0f} MiB at {sizes[0]} images, {large:.0f} MiB at {sizes[1]}", flush=True)
+  config = f"{n} images, batch {BATCH}, all conv layers, k = 9, {arch.input_size} px"
+  return [
+      common.row("topk_scan", name, "img/s", n / scan_s, n / forward_s, "zf_jax plain forward img/s", 0.8, config),
+      common.row("topk_scan", name, f"peak RSS (MiB) at {sizes[1]} images vs at {sizes[0]}", large, small,
+                 f"peak RSS at {sizes[0]} images", 1.05, f"fresh process per size, images made on demand, batch {BATCH}",
+                 lower_is_better=True),
+  ]
+
+
+def run(quick: bool = False) -> list[dict[str, Any]]:
+  """zfnet64 (and ZF-224 unless quick), or the reason this benchmark cannot run."""
+  try:
+    topk = importlib.import_module("zf_jax.analysis.topk")
+  except ImportError as e:
+    return [common.skipped("topk_scan", f"zf_jax.analysis.topk not available ({e})")]
+  if quick:
+    return bench_model(topk, "zfnet64", 2 * BATCH, (BATCH, 4 * BATCH), 1)
+  return bench_model(topk, "zfnet64", 8 * BATCH, (8 * BATCH, 64 * BATCH), 3) + \
+      bench_model(topk, "zfnet", BATCH, (BATCH, 4 * BATCH), 2)
+
+
+def _peak_rss_kib() -> int:
+  """This process's peak resident set size: VmHWM, which (unlike ru_maxrss) starts afresh at exec."""
+  with open("/proc/self/status") as f:
+    return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+
+
+def _memory_child(name: str, n: int) -> None:
+  """Scans n synthetic images and prints the process's peak RSS as JSON (the last line)."""
+  topk = importlib.import_module("zf_jax.analysis.topk")
+  arch, params, _ = common.model(name, 1)
+  top = topk.scan(arch, params, SyntheticImages(n, arch.input_size), batch_size=BATCH)
+  assert np.isfinite(top[arch.conv_names[-1]]["value"]).all()
+  print(json.dumps({"images": n, "peak_rss_mib": _peak_rss_kib() / 1024}))
+
+
+if __name__ == "__main__":
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--memory", type=int, required=True, help="images to scan")
+  parser.add_argument("--model", default="zfnet64")
+  args = parser.parse_args()
+  _memory_child(args.model, args.memory)

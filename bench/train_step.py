@@ -1,0 +1,97 @@
+"""Benchmark 4: one training step (section 3), zf_jax vs the same model in PyTorch, eager and compiled.
+
+The step is the paper's: forward with dropout, softmax cross-entropy, backward, SGD with momentum 0.9
+(learning rate 1e-2), then feature scale clipping (conv filters' RMS clipped to 0.1), on a batch of
+128. zf_jax runs `train_lib.train_step` jitted as `train_lib.train_and_evaluate` does (parameters and
+optimizer state donated); PyTorch runs the model from `bench.torch_models` with `torch.optim.SGD`,
+eager and under `torch.compile` (the model; the optimizer and clipping stay eager).
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from bench import common, torch_models
+
+BATCH = 128
+RADIUS = 0.1
+NUM_CLASSES = 200  # Tiny ImageNet, the 64-px variant's data set
+
+
+def torch_step(model: torch.nn.Module, forward: Callable[[torch.Tensor], torch.Tensor],
+               optimizer: torch.optim.Optimizer) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+  """The paper's step in PyTorch; `forward` is the model itself or its torch.compile'd version."""
+  convs = [m.weight for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+
+  def step(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    optimizer.zero_grad(set_to_none=True)
+    loss = F.cross_entropy(forward(images), labels)
+    loss.backward()
+    optimizer.step()
+    with torch.no_grad():
+      for w in convs:
+        rms = w.square().mean(dim=(1, 2, 3), keepdim=True).sqrt()
+        w.mul_(torch.clamp(RADIUS / rms.clamp_min(1e-12), max=1.0))
+    return loss.detach()
+
+  return step
+
+
+def bench_model(train_lib: Any, name: str, batch: int, repeats: int, compile_torch: bool) -> list[dict[str, Any]]:
+  """img/s of one step on `name` at `batch`: zf_jax vs PyTorch eager (and compiled)."""
+  arch, params, images = common.model(name, batch, num_classes=NUM_CLASSES)
+  labels = np.random.default_rng(0).integers(0, NUM_CLASSES, batch).astype(np.int32)
+  config = ml_collections.ConfigDict({"learning_rate": 1e-2, "momentum": 0.9, "weight_decay": 0.0})
+  tx = train_lib.make_optimizer(config)
+  step = jax.jit(functools.partial(train_lib.train_step, arch, tx, RADIUS), donate_argnums=(0, 1))
+  state = {"params": jax.tree.map(jnp.array, params)}
+  state["opt"] = tx.init(state["params"])
+  jimages, jlabels, key = jnp.asarray(images), jnp.asarray(labels), jax.random.key(0)
+
+  def ours() -> jax.Array:
+    state["params"], state["opt"], out = step(state["params"], state["opt"], jimages, jlabels, jnp.int32(0), key)
+    return out["loss"]
+
+  model = torch_models.build(arch, params).train()
+  timgs, tlabels = torch_models.to_nchw(images), torch.from_numpy(labels).long()
+  eager = torch_step(model, model, torch.optim.SGD(model.parameters(), lr=1e-2, momentum=0.9))
+  fns = {"zf_jax": ours, "eager": lambda: eager(timgs, tlabels)}
+  note = ""
+  if compile_torch:
+    compiled_model = torch_models.build(arch, params).train()
+    compiled = torch_step(compiled_model, torch.compile(compiled_model),
+                          torch.optim.SGD(compiled_model.parameters(), lr=1e-2, momentum=0.9))
+    start = time.perf_counter()
+    compiled(timgs, tlabels)
+    note = f"first compiled step {time.perf_counter() - start:.0f} s (inductor's cache may hold earlier runs)"
+    fns["compiled"] = lambda: compiled(timgs, tlabels)
+  times = common.timeit(fns, repeats, warmup=2)
+  cfg = f"batch {batch}, {arch.input_size} px, {NUM_CLASSES} classes, SGD momentum 0.9 + filter RMS clipping"
+  ours_rate = batch / times["zf_jax"]
+  rows = [common.row("train_step", name, "img/s", ours_rate, batch / times["eager"], "PyTorch eager", 1.0, cfg)]
+  if compile_torch:
+    rows.append(common.row("train_step", name, "img/s", ours_rate, batch / times["compiled"],
+                           "PyTorch torch.compile (model)", 1.0, cfg, note))
+  print(f"[train_step] {name}: " + ", ".join(f"{k} {batch / t:.1f} img/s" for k, t in times.items())
+        + (f"; {note}" if note else ""), flush=True)
+  return rows
+
+
+def run(quick: bool = False) -> list[dict[str, Any]]:
+  """The 64-px variant at batch 128 (CPU), or the reason this benchmark cannot run."""
+  try:
+    train_lib = importlib.import_module("zf_jax.train_lib")
+  except ImportError as e:
+    return [common.skipped("train_step", f"zf_jax.train_lib not available ({e})")]
+  if quick:
+    return bench_model(train_lib, "zfnet64", 8, 1, compile_torch=False)
+  return bench_model(train_lib, "zfnet64", BATCH, 5, compile_torch=True)

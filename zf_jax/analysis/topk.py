@@ -1,0 +1,359 @@
+"""Fig. 2: the top 9 activations of feature maps over a dataset, projected, beside their image patches.
+
+One streaming pass over a split keeps, for every feature map of every chosen layer, the k largest
+activations (value, image index, y, x) seen so far: each batch's forward pass (jitted) is merged
+with the running top-k by `jax.lax.top_k` (jitted), so memory is O(maps * k) whatever the dataset
+size. With several devices the batch is sharded across them (a 1-D mesh); the running top-k is
+replicated.
+
+With `distinct=True` (the default, as Fig. 2 shows 9 different images per map) each image offers
+only its largest activation per map (its first position in row-major order if tied); with
+`distinct=False` every position competes, so one image can fill several slots.
+
+Ties are broken deterministically: equal values are ranked by image index, then y, then x
+(ascending), i.e. the order of a stable descending sort of all activations in (image, y, x) order.
+This matters for maps that never fire (all zeros): their "top 9" are the first 9 images.
+
+Each winner is then projected alone with the deconvnet (section 2.1), re-running the forward pass on
+its own image so the switches are that image's, and cropped, with the image patch, to its receptive
+field (`deconv.receptive_field`), padded to the layer's largest field for the grid.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from zf_jax import deconv, models
+from zf_jax.analysis import common
+from zf_jax.models import Arch, Params
+
+K = 9
+State = dict[str, dict[str, jax.Array]]
+
+
+def check_layers(arch: Arch, layers: Sequence[str] | None) -> tuple[str, ...]:
+  """The conv and hidden fc layers asked for; default all conv layers (the paper's layers 1-5)."""
+  allowed = arch.activation_names[:-1]
+  layers = arch.conv_names if layers is None else tuple(layers)
+  bad = [layer for layer in layers if layer not in allowed]
+  if bad or not layers:
+    raise ValueError(f"layers={','.join(bad or layers) or '(none)'} is not allowed for {arch.name!r}; "
+                     f"allowed: {', '.join(allowed)}")
+  return layers
+
+
+def init(arch: Arch, layers: Sequence[str], k: int = K) -> State:
+  """The empty running top-k: per layer "value" float32 [c, k] (-inf), "image", "pos" int32 [c, k] (-1).
+
+  "pos" is the row-major position y * w + x in the layer's map (0 for fc layers).
+  """
+  shapes = arch.shapes()
+  state = {}
+  for layer in layers:
+    c = shapes[layer][-1]
+    state[layer] = {"value": jnp.full((c, k), -jnp.inf, jnp.float32),
+                    "image": jnp.full((c, k), -1, jnp.int32), "pos": jnp.full((c, k), -1, jnp.int32)}
+  return state
+
+
+def _candidates(act: jax.Array, first: jax.Array, count: jax.Array,
+                distinct: bool) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """act [B, h, w, c] or [B, c] -> value, image, pos [c, M] in (image, pos) order; padding -inf."""
+  b, c = act.shape[0], act.shape[-1]
+  flat = act.reshape(b, -1, c)  # [B, h*w, c]
+  image = first + jnp.arange(b, dtype=jnp.int32)
+  if distinct:
+    pos = jnp.argmax(flat, axis=1).astype(jnp.int32)  # first maximum in row-major order
+    value = jnp.max(flat, axis=1)
+    image = jnp.broadcast_to(image[:, None], (b, c))
+  else:
+    hw = flat.shape[1]
+    value = flat.reshape(b * hw, c)
+    pos = jnp.broadcast_to(jnp.tile(jnp.arange(hw, dtype=jnp.int32), b)[:, None], (b * hw, c))
+    image = jnp.broadcast_to(jnp.repeat(image, hw)[:, None], (b * hw, c))
+  value = jnp.where(image < first + count, value, -jnp.inf)
+  return value.T, image.T, pos.T
+
+
+def _merge(top: dict[str, jax.Array], value: jax.Array, image: jax.Array, pos: jax.Array) -> dict[str, jax.Array]:
+  """The k largest of the running top-k followed by the candidates (lax.top_k keeps the first of ties)."""
+  values = jnp.concatenate([top["value"], value], axis=1)
+  best, index = jax.lax.top_k(values, top["value"].shape[1])
+  take = lambda old, new: jnp.take_along_axis(jnp.concatenate([old, new], axis=1), index, axis=1)
+  return {"value": best, "image": take(top["image"], image), "pos": take(top["pos"], pos)}
+
+
+@functools.partial(jax.jit, static_argnames=("arch", "distinct"), donate_argnames=("state",))
+def update(arch: Arch, params: Params, state: State, images: jax.Array, first: jax.Array, count: jax.Array,
+           distinct: bool = True) -> State:
+  """Merges one batch into the running top-k.
+
+  Args:
+    arch, params: the model.
+    state: from `init` or a previous `update` (donated).
+    images: float32 [B, S, S, 3], mean-subtracted; rows count.. are padding and ignored.
+    first: int32, the dataset index of images[0].
+    count: int32, how many rows are real images.
+    distinct: one candidate per image and map (its largest activation) instead of every position.
+
+  Returns:
+    The new state, same shapes.
+  """
+  _, trace = models.forward(arch, params, images)
+  return {layer: _merge(top, *_candidates(trace.activations[layer], first, count, distinct))
+          for layer, top in state.items()}
+
+
+def _batch_sharding(batch_size: int) -> tuple[int, Any]:
+  """Rounds the batch up to a multiple of the device count; a batch sharding when there are several."""
+  devices = jax.devices()
+  if len(devices) == 1:
+    return batch_size, None
+  batch_size = -(-batch_size // len(devices)) * len(devices)
+  mesh = jax.sharding.Mesh(np.array(devices), ("batch",))
+  return batch_size, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("batch"))
+
+
+def scan(arch: Arch, params: Params, images: Any, layers: Sequence[str] | None = None, k: int = K,
+         batch_size: int = 64, distinct: bool = True, progress: bool = False) -> dict[str, dict[str, np.ndarray]]:
+  """One pass over `images` keeping the top-k activations of every map of `layers` (Fig. 2).
+
+  Args:
+    arch, params: the model.
+    images: N mean-subtracted inputs with random access: a float array [N, S, S, 3] or a
+      `common.DatasetInputs` (`len(images)`, `images[start:stop]`).
+    layers: conv or hidden fc layers; default all conv layers.
+    k: activations kept per map.
+    batch_size: images per forward pass (rounded up to a multiple of the device count).
+    distinct: at most one activation per image and map (see the module doc).
+    progress: show a progress bar.
+
+  Returns:
+    {layer: {"value": float32 [c, k] descending, "image": int [c, k] index into `images`,
+    "y", "x": int [c, k] position in the map (0 for fc layers)}}.
+  """
+  from tqdm import tqdm
+  from zf_jax import input_pipeline
+  layers = check_layers(arch, layers)
+  n = len(images)
+  most = n if distinct else n * min(int(np.prod(arch.shapes()[layer][:-1])) for layer in layers)
+  if not 1 <= k <= most:
+    raise ValueError(f"k={k} is not allowed with {n} images; allowed: 1..{most}")
+  if batch_size < 1:
+    raise ValueError(f"batch_size={batch_size} must be >= 1")
+  batch_size, sharding = _batch_sharding(min(batch_size, n))
+  state = init(arch, layers, k)
+
+  def load(start: int) -> np.ndarray:
+    batch = np.asarray(images[start:start + batch_size], np.float32)
+    models.check_images(arch, batch)
+    pad = batch_size - len(batch)
+    return np.concatenate([batch, np.zeros((pad, *batch.shape[1:]), np.float32)]) if pad else batch
+
+  starts = range(0, n, batch_size)
+  with tqdm(total=n, desc="top-k scan", unit="img", disable=not progress, leave=False) as bar:
+    for start, batch in zip(starts, input_pipeline.prefetch(load, starts)):
+      batch = jax.device_put(batch, sharding) if sharding is not None else batch
+      state = update(arch, params, state, batch, jnp.int32(start), jnp.int32(min(batch_size, n - start)), distinct)
+      # Wait for each step (the next batch still loads in `prefetch`): batches queued without waiting
+      # would grow memory with the dataset.
+      state = jax.block_until_ready(state)
+      bar.update(min(batch_size, n - start))
+  shapes = arch.shapes()
+  out = {}
+  for layer, top in state.items():
+    width = shapes[layer][1] if len(shapes[layer]) == 3 else 1
+    pos = np.asarray(top["pos"])
+    out[layer] = {"value": np.asarray(top["value"]), "image": np.asarray(top["image"]),
+                  "y": pos // width, "x": pos % width}
+  return out
+
+
+@functools.partial(jax.jit, static_argnames=("arch", "layer", "rule"))
+def _forward_project(arch: Arch, params: Params, images: jax.Array, units: jax.Array, layer: str,
+                     rule: str) -> jax.Array:
+  _, trace = models.forward(arch, params, images)
+  return deconv.project_many(arch, params, trace, layer, units[:, None], rule)[:, 0]
+
+
+def project_units(arch: Arch, params: Params, images: Any, layer: str, image: Any, units: Any,
+                  batch_size: int = 64, rule: str = "deconvnet") -> np.ndarray:
+  """Projects one unit of each of several images, each with its own image's switches (section 2.1).
+
+  Args:
+    arch, params: the model.
+    images: the inputs (see `scan`).
+    layer: a conv or fc layer.
+    image: int [N] indices into `images`.
+    units: int [N, 3] (channel, y, x), one unit per listed image.
+    batch_size: images per jitted forward + projection.
+    rule: "deconvnet", "guided" or "saliency".
+
+  Returns:
+    float32 [N, S, S, 3] pixels, each scaled by its unit's activation.
+  """
+  image = np.asarray(image, np.int64).reshape(-1)
+  units = np.asarray(units, np.int32).reshape(-1, 3)
+  if not len(image):
+    return np.zeros((0, arch.input_size, arch.input_size, 3), np.float32)
+  fn = lambda i, u: _forward_project(arch, params, jnp.asarray(images[i], jnp.float32), jnp.asarray(u), layer, rule)
+  return common.map_chunks(fn, (image, units), min(batch_size, len(image)))
+
+
+def patch_size(arch: Arch, layer: str) -> int:
+  """The side of the largest receptive field of a unit of `layer` (clipped to the image)."""
+  shape = arch.shapes()[layer]
+  h, w = shape[:2] if len(shape) == 3 else (1, 1)
+  boxes = np.array([deconv.receptive_field(arch, layer, y, x) for y in range(h) for x in range(w)])
+  return int(max((boxes[:, 2] - boxes[:, 0]).max(), (boxes[:, 3] - boxes[:, 1]).max()))
+
+
+def crop(pixels: np.ndarray, box: Sequence[int], size: int, fill: float = 0.5) -> np.ndarray:
+  """pixels [S, S, 3] cut to box (y0, x0, y1, x1) on a size x size canvas of `fill`.
+
+  A box clipped by the image's top (left) edge is aligned to the canvas's bottom (right), so the
+  unit's position keeps its place in the patch.
+  """
+  y0, x0, y1, x1 = (int(v) for v in box)
+  out = np.full((size, size, pixels.shape[-1]), fill, np.float32)
+  oy = size - (y1 - y0) if y0 == 0 else 0
+  ox = size - (x1 - x0) if x0 == 0 else 0
+  out[oy:oy + y1 - y0, ox:ox + x1 - x0] = pixels[y0:y1, x0:x1]
+  return out
+
+
+def choose_maps(num_channels: int, maps: Sequence[int] | None, num_maps: int | None, rng: np.random.Generator,
+                active: np.ndarray | None = None) -> np.ndarray:
+  """Feature maps to show: `maps` if given, else `num_maps` at random (sorted), or all if None.
+
+  With `active` (bool [c]), the random choice takes maps that are active first, and silent ones
+  only when there are too few active maps.
+  """
+  if maps is not None:
+    maps = np.asarray(maps, np.int64).reshape(-1)
+    if not len(maps) or maps.min() < 0 or maps.max() >= num_channels:
+      raise ValueError(f"maps={','.join(map(str, maps))} is not allowed; allowed: 0..{num_channels - 1}")
+    return maps
+  if num_maps is None or num_maps >= num_channels:
+    return np.arange(num_channels)
+  if num_maps < 1:
+    raise ValueError(f"num_maps={num_maps} must be >= 1")
+  active = np.ones(num_channels, bool) if active is None else np.asarray(active, bool)
+  order = np.concatenate([rng.permutation(np.flatnonzero(active)), rng.permutation(np.flatnonzero(~active))])
+  return np.sort(order[:num_maps])
+
+
+def crops(arch: Arch, layer: str, images: Any, image: np.ndarray, y: np.ndarray, x: np.ndarray, projections: np.ndarray,
+          mean_image: Any) -> dict[str, np.ndarray]:
+  """Receptive-field crops of N winners: "boxes" int [N, 4], "projections" and "patches" [N, P, P, 3] in [0, 1].
+
+  Projections are scaled each by its own largest magnitude about grey (`common.to_display`);
+  patches are the photos (mean added back when `mean_image` is given).
+  """
+  size = patch_size(arch, layer)
+  boxes = np.array([deconv.receptive_field(arch, layer, int(i), int(j)) for i, j in zip(y, x)], np.int32)
+  photos = common.display_images(images[np.asarray(image)], mean_image)
+  shown = common.to_display(projections)
+  return {"boxes": boxes, "projections": np.stack([crop(p, b, size) for p, b in zip(shown, boxes)]),
+          "patches": np.stack([crop(p, b, size) for p, b in zip(photos, boxes)])}
+
+
+def compute(arch: Arch, params: Params, images: Any, layers: Sequence[str] | None = None,
+            maps: Sequence[int] | None = None, num_maps: int | None = 16, k: int = K, batch_size: int = 64,
+            distinct: bool = True, mean_image: Any = None, rule: str = "deconvnet", seed: int = 0,
+            progress: bool = False) -> dict[str, np.ndarray]:
+  """Fig. 2: the top-k activations of chosen maps over a split, projected and beside their patches.
+
+  Args:
+    arch, params: the model.
+    images: the split as mean-subtracted inputs (see `scan`).
+    layers: default all conv layers (the paper's layers 1-5).
+    maps: the same map indices in every layer; default `num_maps` chosen at random per layer
+      among the maps active somewhere in the split (silent ones only if too few are active).
+    num_maps: how many random maps per layer; None for all.
+    k: activations per map (9 in the paper).
+    batch_size: images per jitted call.
+    distinct: one activation per image and map (see the module doc).
+    mean_image: to show the patches as photos (see `common.mean_for_input`).
+    rule: the deconvnet's ReLU rule ("deconvnet", "guided", "saliency").
+    seed: for the random choice of maps.
+    progress: progress bar on the scan.
+
+  Returns:
+    "layers" [L], "num_images" (N scanned), "k", and for each layer: "L/maps" int [M],
+    "L/max_activation" [c] (every map's largest activation over the split), and for the shown maps
+    "L/values" [M, k], "L/images" [M, k] (indices into `images`), "L/positions" [M, k, 2] (y, x),
+    "L/boxes" [M, k, 4] (receptive fields, y0 x0 y1 x1 half-open), "L/projections" and
+    "L/patches" [M, k, P, P, 3] in [0, 1], P the layer's largest receptive field.
+  """
+  layers = check_layers(arch, layers)
+  top = scan(arch, params, images, layers, k, batch_size, distinct, progress)
+  rng = np.random.default_rng(seed)
+  out = {"layers": np.array(layers), "num_images": np.int64(len(images)), "k": np.int64(k)}
+  for layer in layers:
+    t = top[layer]
+    chosen = choose_maps(t["value"].shape[0], maps, num_maps, rng, active=t["value"][:, 0] > 0)
+    image, y, x = (t[name][chosen].reshape(-1) for name in ("image", "y", "x"))
+    units = np.stack([np.repeat(chosen, k), y, x], axis=1)
+    pixels = project_units(arch, params, images, layer, image, units, batch_size, rule)
+    shown = crops(arch, layer, images, image, y, x, pixels, mean_image)
+    m = len(chosen)
+    out |= {f"{layer}/maps": chosen, f"{layer}/max_activation": t["value"][:, 0],
+            f"{layer}/values": t["value"][chosen], f"{layer}/images": t["image"][chosen],
+            f"{layer}/positions": np.stack([t["y"][chosen], t["x"][chosen]], axis=-1),
+            **{f"{layer}/{name}": a.reshape(m, k, *a.shape[1:]) for name, a in shown.items()}}
+  return out
+
+
+def mosaic(tiles: np.ndarray, columns: int, gap: int = 1, fill: float = 1.0) -> np.ndarray:
+  """[N, H, W, 3] -> one image of the tiles in rows of `columns`, `gap` pixels of `fill` between."""
+  n, h, w = tiles.shape[:3]
+  rows = -(-n // columns)
+  out = np.full((rows * (h + gap) - gap, columns * (w + gap) - gap, 3), fill, np.float32)
+  for i, tile in enumerate(tiles):
+    r, c = divmod(i, columns)
+    out[r * (h + gap):r * (h + gap) + h, c * (w + gap):c * (w + gap) + w] = tile
+  return out
+
+
+def plot(result: Mapping[str, np.ndarray], path: str, layer: str) -> None:
+  """Fig. 2 for one layer: a grid of maps, each its k projections (left) beside their patches (right)."""
+  import matplotlib.pyplot as plt
+  projections, patches = result[f"{layer}/projections"], result[f"{layer}/patches"]
+  m, k, p = projections.shape[:3]
+  side = int(np.ceil(np.sqrt(k)))
+  blocks = np.stack([np.concatenate([mosaic(a, side), np.ones((side * (p + 1) - 1, max(2, p // 4), 3)),
+                                     mosaic(b, side)], axis=1) for a, b in zip(projections, patches)])
+  columns, gap = max(1, int(np.ceil(np.sqrt(m / 2)))), max(4, p // 2)
+  grid = np.pad(mosaic(blocks, columns, gap), ((gap, 0), (0, 0), (0, 0)), constant_values=1.0)
+  scale = max(1, int(np.ceil(40 / p)))  # small fields (layer 1) drawn at >= 40 screen pixels
+  fig, ax = plt.subplots(figsize=(grid.shape[1] * scale / 100 + 0.2, grid.shape[0] * scale / 100 + 0.5))
+  ax.imshow(grid, interpolation="nearest")
+  for i, c in enumerate(result[f"{layer}/maps"]):
+    r, col = divmod(i, columns)
+    ax.text(col * (blocks.shape[2] + gap), gap + r * (blocks.shape[1] + gap) - 0.5, f"map {c}", fontsize=7,
+            va="bottom")
+  ax.set_axis_off()
+  ax.set_title(f"{layer}: top {k} activations of {m} maps over {int(result['num_images'])} images "
+               "(projections left, image patches right)", fontsize=9)
+  common.save_figure(fig, path)
+
+
+def summary(result: Mapping[str, np.ndarray]) -> dict[str, Any]:
+  """JSON-able numbers: per layer the maps never active over the split, and each shown map's top k
+  as [image, y, x, activation]."""
+  out: dict[str, Any] = {"num_images": int(result["num_images"]), "k": int(result["k"])}
+  for layer in result["layers"]:
+    layer = str(layer)
+    best = result[f"{layer}/max_activation"]
+    out[layer] = {
+        "num_maps": len(best), "silent_maps": int((best <= 0).sum()),
+        "max_activation": {"median": float(np.median(best)), "max": float(best.max())},
+        "top": {int(c): [[int(i), int(y), int(x), round(float(v), 6)] for i, (y, x), v in zip(im, pos, val)]
+                for c, im, pos, val in zip(result[f"{layer}/maps"], result[f"{layer}/images"],
+                                           result[f"{layer}/positions"], result[f"{layer}/values"])}}
+  return out

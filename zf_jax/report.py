@@ -1,0 +1,99 @@
+"""The analyses' output folder: written whole or not at all, with an index.html over its figures.
+
+`staged(out)` gives a fresh folder beside `out` to write into; only when every figure and number
+has been written are the files moved into `out`, so a failure leaves `out` as it was. `write_index`
+builds index.html from sections (figures as PNG files, numbers as JSON files) so the report links
+every figure with its numbers and the command that made it.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import html
+import json
+import os
+import shutil
+import tempfile
+from typing import Iterator, Sequence
+
+from zf_jax.analysis import common
+
+
+@dataclasses.dataclass(frozen=True)
+class Section:
+  """One analysis in the report.
+
+  Attributes:
+    name: short id, e.g. "topk".
+    title: e.g. "Fig. 2: top-9 activations, projected".
+    figures: PNG file names relative to the output folder.
+    numbers: the JSON file name relative to the output folder.
+    caption: what the figure shows and how to read the numbers.
+  """
+  name: str
+  title: str
+  figures: tuple[str, ...]
+  numbers: str
+  caption: str = ""
+
+
+@contextlib.contextmanager
+def staged(out: str) -> Iterator[str]:
+  """Yields an empty folder beside `out`; its files move into `out` only if the block succeeds."""
+  out = os.path.abspath(out)
+  parent = os.path.dirname(out)
+  os.makedirs(parent, exist_ok=True)
+  stage = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(out)}.tmp-")
+  try:
+    yield stage
+    os.makedirs(out, exist_ok=True)
+    for name in sorted(os.listdir(stage)):
+      os.replace(os.path.join(stage, name), os.path.join(out, name))
+  finally:
+    shutil.rmtree(stage, ignore_errors=True)
+
+
+def _section_html(folder: str, section: Section) -> str:
+  with open(os.path.join(folder, section.numbers)) as f:
+    numbers = json.dumps(json.load(f), indent=1)
+  figures = "\n".join(f'<a href="{html.escape(p)}"><img src="{html.escape(p)}" alt="{html.escape(p)}"></a>'
+                      for p in section.figures)
+  return (f'<section id="{html.escape(section.name)}">\n<h2>{html.escape(section.title)}</h2>\n'
+          f"<p>{html.escape(section.caption)}</p>\n{figures}\n"
+          f'<details><summary>numbers (<a href="{html.escape(section.numbers)}">{html.escape(section.numbers)}</a>)'
+          f"</summary>\n<pre>{html.escape(numbers)}</pre></details>\n</section>")
+
+
+def write_index(folder: str, sections: Sequence[Section], title: str, about: str = "") -> str:
+  """Writes folder/index.html linking every section's figures and numbers (which must exist there).
+
+  Args:
+    folder: where the figures and JSON files are.
+    sections: in display order.
+    title: the page title.
+    about: a line under the title (e.g. the checkpoint and the command).
+
+  Returns:
+    The path of index.html.
+  """
+  for section in sections:
+    for name in (*section.figures, section.numbers):
+      if not os.path.isfile(os.path.join(folder, name)):
+        raise ValueError(f"report: {name!r} of section {section.name!r} is not in {folder!r}")
+  links = " | ".join(f'<a href="#{html.escape(s.name)}">{html.escape(s.name)}</a>' for s in sections)
+  body = "\n".join(_section_html(folder, s) for s in sections)
+  page = f"""<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>body{{font-family:sans-serif;max-width:1400px;margin:auto;padding:1em}}
+img{{max-width:100%;border:1px solid #ddd;margin:4px 0}}pre{{font-size:11px;max-height:30em;overflow:auto;
+background:#f6f6f6;padding:.5em}}section{{margin-bottom:2em}}</style></head>
+<body><h1>{html.escape(title)}</h1>
+<p>{html.escape(about)}</p>
+<p>{links}</p>
+{body}
+</body></html>
+"""
+  path = os.path.join(folder, "index.html")
+  with common.atomic_path(path) as tmp, open(tmp, "w") as f:
+    f.write(page)
+  return path
