@@ -48,6 +48,10 @@ NUM_MAPS = flags.DEFINE_integer("num_maps", 16, "topk: random maps per layer (ev
 K = flags.DEFINE_integer("k", 9, "topk: activations per map.")
 STEPS = flags.DEFINE_list("steps", None, "evolution: checkpoint steps (default: all).")
 COMPARE = flags.DEFINE_string("compare", None, "filters: a second workdir or .npz shown side by side.")
+BOXES = flags.DEFINE_string("boxes", None, "occlusion: a Tiny ImageNet copy with boxes.csv for the localization score "
+                            "(default: the checkpoint's manual_dir when its dataset is tiny_imagenet).")
+NUM_LOCALIZATION = flags.DEFINE_integer("num_localization", 200, "occlusion: images of the split in the localization "
+                                        "score (0 = none).")
 PARTS = flags.DEFINE_string("parts", None, "correspondence: a parts file (default: the skimage demo).")
 RULE = flags.DEFINE_enum("rule", "deconvnet", ["deconvnet", "guided", "saliency"], "How projections reverse ReLUs.")
 BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Images per jitted call.")
@@ -173,9 +177,37 @@ def run_occlusion(run: Run, out: str) -> report.Section:
   images, labels = run.example_inputs(NUM_EXAMPLES.value)
   result = occlusion.compute(run.model.arch, run.model.params, images, labels, run.model.class_names,
                              mean_image=run.model.mean_image, batch_size=BATCH_SIZE.value)
-  return _write(occlusion, result, out, "occlusion", "Fig. 7: occlusion sensitivity",
-                "A grey square slid over each image: (b) total activity of the strongest top-conv map, "
-                "(c) its projection, (d) p(correct class), (e) the most probable class.")
+  section = _write(occlusion, result, out, "occlusion", "Fig. 7: occlusion sensitivity",
+                   "A grey square slid over each image: (b) total activity of the strongest top-conv map, "
+                   "(c) its projection, (d) p(correct class), (e) the most probable class.")
+  boxes_dir = BOXES.value or (run.model.config.get("manual_dir") if run.model.config.get("dataset") == "tiny_imagenet"
+                              else None)
+  if not boxes_dir or not NUM_LOCALIZATION.value or run.photos is not None:
+    return section
+  score = _localization(run, boxes_dir)
+  common.save_json(score, os.path.join(out, "localization.json"))
+  return dataclasses.replace(section, caption=section.caption + (
+      f" Localization over {score['num_images']} labelled images: of the {score['num_correct']} classified "
+      f"correctly, a share of {score['score']:.3f} have their p(correct) minimum inside the object box "
+      "(localization.json)."))
+
+
+def _localization(run: Run, boxes_dir: str) -> dict[str, Any]:
+  """occlusion.localization over the first --num_localization images of the split with boxes."""
+  source, arch = run.dataset.source, run.model.arch
+  indices = range(min(NUM_LOCALIZATION.value, len(source)))
+  split = "train" if SPLIT.value.startswith("train") else "validation"
+  table = data.boxes(boxes_dir, split)
+  names = [source[i]["file_name"] for i in indices]
+  corners = [table[n.decode() if isinstance(n, bytes) else n] for n in names]
+  images, labels = data.load_batch(source, indices, run.image_size)
+  inputs = data.preprocess.subtract_mean(data.preprocess.center_crop(images, arch.input_size),
+                                         common.mean_for_input(run.model.mean_image, arch.input_size))
+  score = occlusion.localization(arch, run.model.params, inputs, labels,
+                                 occlusion.boxes_from_corners(corners, run.image_size, arch.input_size),
+                                 batch_size=BATCH_SIZE.value)
+  return {"score": score["score"], "num_correct": score["num_correct"], "num_images": score["num_images"],
+          "boxes": boxes_dir, "split": split}
 
 
 def run_correspondence(run: Run, out: str) -> report.Section:

@@ -1,0 +1,238 @@
+"""Training (section 3): clipping, annealing, input pipeline, resume after SIGKILL, 2 devices, bad input."""
+import importlib
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from zf_jax import checkpoint, data, input_pipeline, metrics, models, train_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from configs import smoke  # noqa: E402  (configs/ lives beside train.py)
+
+
+@pytest.mark.parametrize("name", ["zfnet_imagenet", "alexnet_imagenet", "tiny_imagenet", "demo", "smoke"])
+def test_configs_state_their_command_and_fit_their_arch(name):
+  module = importlib.import_module(f"configs.{name}")
+  assert f"python train.py --config=configs/{name}.py --workdir=" in module.__doc__
+  assert "Expected result" in module.__doc__ or "expect" in module.__doc__
+  config = module.get_config()
+  arch = train_lib.build_arch(config)
+  assert config.image_size == data.image_size_for(arch)
+  assert set(train_lib.per_layer_values(config, arch, "weight_std")) == set(arch.activation_names)
+
+
+def test_paper_gain_std():
+  std = train_lib.paper_gain_std(models.zfnet64(), models.zfnet())
+  assert std["conv1"] == 0.01                      # 7x7x3 in both
+  assert std["conv2"] == pytest.approx(0.01 * np.sqrt(5 * 5 * 96 / (3 * 3 * 48)), abs=1e-5)
+  assert std["fc6"] == pytest.approx(0.01 * np.sqrt(9216 / 1152), abs=1e-5)
+  assert train_lib.paper_gain_std(models.zfnet(), models.zfnet()) == {n: 0.01 for n in models.zfnet().activation_names}
+
+
+def test_clip_filter_rms_under_jit():
+  rng = np.random.default_rng(0)
+  kernel = rng.normal(0, 0.05, (3, 3, 2, 4)).astype(np.float32)
+  kernel[..., 1] *= 10      # RMS ~0.5: clipped
+  kernel[..., 3] = 0.3      # RMS 0.3: clipped
+  dense = rng.normal(0, 1.0, (8, 3)).astype(np.float32)
+  params = {"conv1": {"kernel": jnp.asarray(kernel), "bias": jnp.full(4, 5.0)},
+            "fc8": {"kernel": jnp.asarray(dense), "bias": jnp.zeros(3)}}
+  out = jax.jit(train_lib.clip_filter_rms, static_argnames="radius")(params, radius=0.1)
+  rms = np.sqrt(np.mean(np.square(np.asarray(out["conv1"]["kernel"])), axis=(0, 1, 2)))
+  before = np.sqrt(np.mean(np.square(kernel), axis=(0, 1, 2)))
+  np.testing.assert_allclose(rms, np.minimum(before, 0.1), rtol=1e-5)
+  assert before[0] < 0.1 and before[2] < 0.1  # these two were left alone, exactly
+  np.testing.assert_array_equal(out["conv1"]["kernel"][..., [0, 2]], kernel[..., [0, 2]])
+  np.testing.assert_allclose(out["conv1"]["kernel"][..., 3], 0.1, rtol=1e-5)  # direction kept
+  np.testing.assert_array_equal(out["fc8"]["kernel"], dense)
+  np.testing.assert_array_equal(out["conv1"]["bias"], 5.0)
+
+
+def test_anneal_on_plateau():
+  config = ml_collections.ConfigDict({"plateau_patience": 2, "plateau_factor": 10.0, "plateau_min_delta": 0.01,
+                                      "min_learning_rate": 1e-4})
+  state, lr, rates = {}, 1e-2, []
+  for error in [0.9, 0.8, 0.795, 0.79, 0.7, 0.71, 0.72, 0.75, 0.76, 0.77, 0.78]:
+    state, lr = train_lib.anneal_on_plateau(state, error, lr, config)
+    rates.append(lr)
+  # 0.795 and 0.79 are within min_delta of 0.8: two bad epochs -> /10; 0.7 improves; then two and
+  # two more bad epochs -> /10 twice, but never below min_learning_rate.
+  np.testing.assert_allclose(rates, [1e-2, 1e-2, 1e-2, 1e-3, 1e-3, 1e-3, 1e-4, 1e-4, 1e-4, 1e-4, 1e-4])
+  assert state == {"best_error": 0.7, "bad_epochs": 0}
+
+
+def _images(n, size=64, seed=0):
+  rng = np.random.default_rng(seed)
+  return [{"image": rng.integers(0, 256, (size + 8 * (i % 2), size, 3), dtype=np.uint8), "label": i % 3}
+          for i in range(n)]
+
+
+def test_train_batches_are_a_function_of_seed_and_step():
+  datasets = input_pipeline.Datasets(_images(40), _images(5), 3, None, 64)
+  mean = data.compute_mean_image(datasets.train, 64)
+  assert mean.shape == (64, 64, 3) and mean.dtype == np.float32
+  batch = lambda seed, step, shard=(0, 1): input_pipeline.train_batch(datasets, mean, seed, step, 8, 56, shard)
+  images, labels = batch(0, 7)
+  assert images.shape == (8, 56, 56, 3) and images.dtype == np.float32 and labels.shape == (8,)
+  np.testing.assert_array_equal(batch(0, 7)[0], images)
+  assert not np.array_equal(batch(1, 7)[0], images) and not np.array_equal(batch(0, 8)[0], images)
+  halves = [batch(0, 7, (i, 2)) for i in range(2)]  # two processes' shares make the same global batch
+  np.testing.assert_array_equal(np.concatenate([h[0] for h in halves]), images)
+  np.testing.assert_array_equal(np.concatenate([h[1] for h in halves]), labels)
+  # An epoch (5 steps) visits every image once.
+  seen = np.concatenate([input_pipeline.epoch_order(0, 1, 40)[b * 8:(b + 1) * 8] for b in range(5)])
+  assert sorted(seen) == list(range(40))
+  assert not np.array_equal(input_pipeline.epoch_order(0, 1, 40), input_pipeline.epoch_order(0, 2, 40))
+
+
+def test_eval_batch_ten_crops_and_padding():
+  source = _images(5)
+  mean = np.zeros((64, 64, 3), np.float32)
+  crops, labels, mask = input_pipeline.eval_batch(source, 64, mean, 4, 4, 56, 10)
+  assert crops.shape == (4, 10, 56, 56, 3) and list(mask) == [True, False, False, False]
+  image = data.load_batch(source, [4], 64)[0][0].astype(np.float32)
+  np.testing.assert_array_equal(crops[0, 0], image[:56, :56])            # top-left corner
+  np.testing.assert_array_equal(crops[0, 4], image[4:60, 4:60])          # center
+  np.testing.assert_array_equal(crops[0, 9], image[4:60, 4:60][:, ::-1])  # center, flipped
+  center, _, _ = input_pipeline.eval_batch(source, 64, mean, 0, 4, 56, 1)
+  assert center.shape == (4, 1, 56, 56, 3)
+
+
+# --- Whole runs of configs/smoke.py (a narrow zfnet64, 64 synthetic images, 2 epochs of 4 steps). ---
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  """The "synthetic" TFDS dataset, prepared once for this module."""
+  path = str(tmp_path_factory.mktemp("tfds"))
+  data.get_dataset("synthetic", "train[:1]", path)
+  return path
+
+
+def _config(data_dir, **overrides):
+  config = smoke.get_config()
+  config.data_dir = data_dir
+  config.update(overrides)
+  return config
+
+
+@pytest.fixture(scope="module")
+def reference(data_dir, tmp_path_factory):
+  """An uninterrupted one-device smoke run, in this process: (workdir, its final metrics)."""
+  workdir = str(tmp_path_factory.mktemp("reference"))
+  return workdir, train_lib.train_and_evaluate(_config(data_dir), workdir)
+
+
+def _train(workdir, data_dir, *flags, devices=1, wait=True):
+  env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu"}
+  command = [sys.executable, os.path.join(ROOT, "train.py"), f"--config={os.path.join(ROOT, 'configs', 'smoke.py')}",
+             f"--workdir={workdir}", f"--config.data_dir={data_dir}", *flags]
+  process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  return process.communicate(timeout=300) + (process.returncode,) if wait else process
+
+
+def _assert_same_params(a, b, **tolerance):
+  for x, y in zip(jax.tree.leaves(checkpoint.load_for_analysis(a).params),
+                  jax.tree.leaves(checkpoint.load_for_analysis(b).params)):
+    if tolerance:
+      np.testing.assert_allclose(x, y, **tolerance)
+    else:
+      np.testing.assert_array_equal(x, y)
+
+
+def test_smoke_run_writes_metrics_and_checkpoints(reference):
+  workdir, result = reference
+  assert set(result) >= {"val_top1", "val_top5", "train_loss", "train_accuracy", "learning_rate", "images_per_second"}
+  assert np.isfinite(result["train_loss"]) and 0 <= result["val_top1"] <= result["val_top5"] <= 1
+  records = metrics.read(workdir)
+  assert [r["step"] for r in records if "train_loss" in r] == [2, 4, 6, 8]
+  assert [r["step"] for r in records if "val_top1" in r] == [4, 8]
+  assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(workdir, "tensorboard")))
+  assert checkpoint.list_steps(workdir) == [4, 8]  # epoch 1 (keep_epochs) and the latest
+  loaded = checkpoint.load_for_analysis(workdir)
+  assert loaded.arch == train_lib.build_arch(smoke.get_config()) and loaded.epoch == 2.0
+  assert loaded.num_classes == 10 and loaded.class_names[0] == "disk" and loaded.mean_image.shape == (64, 64, 3)
+  for name in loaded.arch.conv_names:  # feature scale clipping held after every step
+    rms = np.sqrt(np.mean(np.square(loaded.params[name]["kernel"]), axis=(0, 1, 2)))
+    assert rms.max() <= 0.1 + 1e-6
+
+
+def test_resume_after_sigkill_gives_the_same_params(reference, data_dir, tmp_path):
+  workdir = str(tmp_path / "killed")
+  process = _train(workdir, data_dir, wait=False)
+  deadline = time.time() + 240
+  while process.poll() is None and time.time() < deadline:
+    done = [d for d in os.listdir(os.path.join(workdir, "checkpoints"))] if os.path.isdir(
+        os.path.join(workdir, "checkpoints")) else []
+    if any(d.isdigit() for d in done):
+      process.send_signal(signal.SIGKILL)
+      break
+    time.sleep(0.02)
+  process.communicate(timeout=60)
+  assert process.returncode == -signal.SIGKILL, "the run ended before its first checkpoint could be killed"
+  assert checkpoint.list_steps(workdir)[-1] < 8
+  _, err, code = _train(workdir, data_dir)
+  assert code == 0, err[-2000:]
+  _assert_same_params(reference[0], workdir)
+  assert [r["step"] for r in metrics.read(workdir) if "train_loss" in r] == [2, 4, 6, 8]
+
+
+def test_rerunning_a_finished_run_changes_nothing(reference, data_dir):
+  workdir, result = reference
+  before = _snapshot(workdir)
+  assert train_lib.train_and_evaluate(_config(data_dir), workdir) == result
+  assert _snapshot(workdir) == before
+
+
+def test_two_devices_match_one(reference, data_dir, tmp_path):
+  out, err, code = _train(str(tmp_path / "two"), data_dir, devices=2)
+  assert code == 0, err[-2000:]
+  assert "CpuDevice(id=1)" in err
+  _assert_same_params(reference[0], str(tmp_path / "two"), rtol=1e-4, atol=1e-6)
+  out, err, code = _train(str(tmp_path / "odd"), data_dir, "--config.batch_size=15", devices=2)
+  assert code == 1 and "Traceback" not in err and not os.path.exists(tmp_path / "odd")
+  assert err.strip().splitlines()[-1] == "error: batch_size=15 is not divisible by the 2 devices; use a multiple of 2"
+
+
+def _snapshot(directory):
+  return sorted((os.path.relpath(os.path.join(d, f), directory), os.path.getsize(os.path.join(d, f)),
+                 os.path.getmtime(os.path.join(d, f))) for d, _, files in os.walk(directory) for f in files)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"arch": "zfnet9"}, "arch='zfnet9' is unknown"),
+    ({"image_size": 256}, "image_size=256 does not match arch 'zfnet64'"),
+    ({"dataset": "no_such_dataset"}, "dataset='no_such_dataset' is unknown"),
+    ({"eval_crops": 5}, "eval_crops=5"),
+    ({"layer_weight_std": {"conv9": 0.1}}, "layer_weight_std names \\['conv9'\\]"),
+])
+def test_bad_config_is_one_clear_error(overrides, message, data_dir, tmp_path):
+  with pytest.raises(ValueError, match=message):
+    train_lib.train_and_evaluate(_config(data_dir, **overrides), str(tmp_path / "run"))
+  assert not os.path.exists(tmp_path / "run")
+
+
+def test_workdir_of_another_arch_is_refused_untouched(reference, data_dir):
+  workdir = reference[0]
+  before = _snapshot(workdir)
+  with pytest.raises(ValueError, match="holds a checkpoint of arch 'zfnet64-custom'"):
+    train_lib.train_and_evaluate(_config(data_dir, arch="alexnet64"), workdir)
+  assert _snapshot(workdir) == before
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(data_dir, tmp_path):
+  workdir = str(tmp_path / "nan")
+  with pytest.raises(train_lib.NonFiniteLossError, match="the loss is nan at step 5"):
+    train_lib.train_and_evaluate(_config(data_dir, learning_rate=1000.0, filter_rms_radius=0.0), workdir)
+  assert checkpoint.list_steps(workdir) == [4]
+  loaded = checkpoint.load_for_analysis(workdir)
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(loaded.params))

@@ -1,0 +1,240 @@
+"""Checkpoints: the one place that talks to orbax.
+
+A training workdir holds `checkpoints/<step>/` directories written by an orbax `CheckpointManager`
+(atomically: orbax writes into a temporary directory and renames it when complete, so a run killed
+while saving leaves the previous checkpoints usable). Each checkpoint has four items:
+
+  params     the model parameters {layer: {"kernel", "bias"}} (see `models.init_params`).
+  opt_state  the optax state, including the current learning rate (`optax.inject_hyperparams`).
+  extras     {"mean_image": float32 [S, S, 3] per-pixel training mean (section 3),
+              "rng": uint32 key data of the run's base jax.random key}.
+  meta       JSON: step, epoch, steps_per_epoch, data_position (seed, epoch, batch: the next batch
+             is batch `batch` of epoch `epoch`'s order, see input_pipeline), the architecture
+             (`arch_to_dict`), num_classes, class_names, image_size, the whole config, the
+             plateau-annealing state and the latest metrics.
+
+so `load_for_analysis(workdir)` gives everything an analysis needs, knowing nothing else.
+`save_params_npz` exports the same as one .npz file, which `load_for_analysis` also reads.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Mapping, Sequence
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers
+
+from zf_jax import models
+from zf_jax.analysis.common import atomic_path
+
+CHECKPOINT_DIR = "checkpoints"
+ITEMS = ("params", "opt_state", "extras", "meta")
+_LAYER_TYPES = {cls.__name__: cls for cls in (models.Conv, models.Pool, models.Norm, models.Dense)}
+
+
+def arch_to_dict(arch: models.Arch) -> dict[str, Any]:
+  """An `Arch` as JSON-able data: {"name", "input_size", "layers": [{"type": "Conv", ...}, ...]}."""
+  return {"name": arch.name, "input_size": arch.input_size,
+          "layers": [{"type": type(layer).__name__, **dataclasses.asdict(layer)} for layer in arch.layers]}
+
+
+def arch_from_dict(data: Mapping[str, Any]) -> models.Arch:
+  """Inverse of `arch_to_dict` (JSON lists become the tuples the layers use)."""
+  def tuples(value):
+    return tuple(tuples(v) for v in value) if isinstance(value, list) else value
+  layers = []
+  for spec in data["layers"]:
+    fields = {k: tuples(v) for k, v in spec.items() if k != "type"}
+    layers.append(_LAYER_TYPES[spec["type"]](**fields))
+  return models.Arch(data["name"], int(data["input_size"]), tuple(layers))
+
+
+def checkpoint_dir(workdir: str) -> str:
+  return os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+
+
+class Manager:
+  """Saves and restores training checkpoints in `workdir/checkpoints` (used by train_lib).
+
+  Keeps the checkpoints at `keep_steps` (the steps ending the epochs a config lists, Fig. 4) and
+  the latest one; every other checkpoint is deleted once a newer one is complete. Unfinished saves
+  of a killed run (orbax's temporary directories) are removed when the next run opens the workdir.
+  """
+
+  def __init__(self, workdir: str, keep_steps: Sequence[int] = ()):
+    policy = checkpoint_managers.AnyPreservationPolicy(
+        [checkpoint_managers.CustomSteps(list(keep_steps)), checkpoint_managers.LatestN(1)])
+    self._manager = _manager(workdir, ocp.CheckpointManagerOptions(
+        preservation_policy=policy, cleanup_tmp_directories=True))
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def save(self, step: int, params: Any, opt_state: Any, extras: Mapping[str, Any],
+           meta: Mapping[str, Any]) -> None:
+    """Starts an asynchronous save of one step (arrays are copied before this returns)."""
+    self._manager.save(step, args=ocp.args.Composite(
+        params=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave(opt_state),
+        extras=ocp.args.StandardSave(dict(extras)), meta=ocp.args.JsonSave(dict(meta))))
+
+  def restore(self, step: int, params: Any, opt_state: Any) -> tuple[Any, Any, dict[str, np.ndarray], dict]:
+    """Restores `step` onto the shapes, dtypes and shardings of the given `params` and `opt_state`.
+
+    Returns:
+      (params, opt_state, extras as numpy, meta).
+    """
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, (params, opt_state))
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        params=ocp.args.StandardRestore(abstract[0]), opt_state=ocp.args.StandardRestore(abstract[1]),
+        extras=_numpy_restore(self._manager, step, "extras"), meta=ocp.args.JsonRestore()))
+    return restored["params"], restored["opt_state"], restored["extras"], restored["meta"]
+
+  def wait(self) -> None:
+    """Blocks until every started save is complete on disk."""
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.close()
+
+
+def _numpy_restore(manager: ocp.CheckpointManager, step: int, item: str) -> ocp.args.StandardRestore:
+  """Restore args that read an item as host numpy arrays, whatever devices wrote it."""
+  tree = manager.item_metadata(step)[item]
+  return ocp.args.StandardRestore(jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), tree))
+
+
+def _read_only(workdir: str) -> ocp.CheckpointManager:
+  directory = checkpoint_dir(workdir)
+  if not os.path.isdir(directory):
+    raise ValueError(f"workdir={workdir!r} holds no checkpoints ({directory} does not exist)")
+  return _manager(workdir, ocp.CheckpointManagerOptions(create=False))
+
+
+def _manager(workdir: str, options: ocp.CheckpointManagerOptions) -> ocp.CheckpointManager:
+  handlers = {item: ocp.JsonCheckpointHandler() if item == "meta" else ocp.StandardCheckpointHandler()
+              for item in ITEMS}
+  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_handlers=handlers)
+
+
+def list_steps(workdir: str) -> list[int]:
+  """The steps of the complete checkpoints in `workdir`, ascending ([] if there are none)."""
+  if not os.path.isdir(checkpoint_dir(workdir)):
+    return []
+  return sorted(_read_only(workdir).all_steps())
+
+
+def read_meta(workdir: str, step: int | None = None) -> dict[str, Any] | None:
+  """The JSON metadata of checkpoint `step` (default: the latest), or None if there is none."""
+  steps = list_steps(workdir)
+  if not steps:
+    return None
+  step = steps[-1] if step is None else step
+  if step not in steps:
+    raise ValueError(f"step={step} has no checkpoint in {workdir!r}; allowed: {steps}")
+  return _read_only(workdir).restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+
+def epochs_by_step(workdir: str) -> dict[int, float]:
+  """{step: epoch} for every checkpoint (epoch = step / steps_per_epoch; whole at epoch ends)."""
+  return {step: read_meta(workdir, step)["epoch"] for step in list_steps(workdir)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Loaded:
+  """A trained model with what the analyses need.
+
+  Attributes:
+    arch: the architecture.
+    params: {layer: {"kernel", "bias"}} as jax arrays on the default device.
+    mean_image: float32 [S, S, 3], the training mean at the stored image size S (256 or 64); crop
+      its center to arch.input_size to match model inputs.
+    num_classes: C.
+    class_names: C names, or None if the dataset has none.
+    step: the training step of the checkpoint (0 for an exported file without one).
+    epoch: step / steps_per_epoch.
+    config: the training config as a dict.
+  """
+  arch: models.Arch
+  params: models.Params
+  mean_image: np.ndarray
+  num_classes: int
+  class_names: list[str] | None
+  step: int
+  epoch: float
+  config: dict[str, Any]
+
+
+def load_for_analysis(path: str, step: int | None = None, epoch: float | None = None) -> Loaded:
+  """Loads a model from a training workdir (its checkpoints) or a .npz file from `save_params_npz`.
+
+  Args:
+    path: a workdir or a .npz file.
+    step: the checkpoint's step (default: the latest). Only for workdirs.
+    epoch: instead of step, the checkpoint at this epoch (see `epochs_by_step`).
+
+  Returns:
+    A `Loaded`.
+  """
+  if path.endswith(".npz"):
+    if step is not None or epoch is not None:
+      raise ValueError(f"step/epoch select a checkpoint in a workdir; {path!r} is one .npz file")
+    return _load_npz(path)
+  steps = list_steps(path)
+  if not steps:
+    raise ValueError(f"{path!r} holds no checkpoints (expected a training workdir or a .npz file)")
+  if epoch is not None:
+    by_epoch = {e: s for s, e in epochs_by_step(path).items()}
+    if epoch not in by_epoch:
+      raise ValueError(f"epoch={epoch} has no checkpoint in {path!r}; allowed: {sorted(by_epoch)}")
+    step = by_epoch[epoch]
+  step = steps[-1] if step is None else step
+  if step not in steps:
+    raise ValueError(f"step={step} has no checkpoint in {path!r}; allowed: {steps}")
+  manager = _read_only(path)
+  restored = manager.restore(step, args=ocp.args.Composite(
+      params=_numpy_restore(manager, step, "params"), extras=_numpy_restore(manager, step, "extras"),
+      meta=ocp.args.JsonRestore()))
+  return _loaded(restored["params"], restored["extras"]["mean_image"], restored["meta"])
+
+
+def _loaded(params: Any, mean_image: np.ndarray, meta: Mapping[str, Any]) -> Loaded:
+  return Loaded(arch=arch_from_dict(meta["arch"]), params=jax.tree.map(jax.numpy.asarray, params),
+                mean_image=np.asarray(mean_image, np.float32), num_classes=int(meta["num_classes"]),
+                class_names=meta.get("class_names"), step=int(meta["step"]), epoch=float(meta["epoch"]),
+                config=dict(meta.get("config", {})))
+
+
+def save_params_npz(path: str, loaded: Loaded) -> None:
+  """Exports a model as one .npz file: "params/<layer>/<kernel|bias>", "mean_image" and "meta" (JSON).
+
+  Args:
+    path: the file to write (whole or not at all); must end in .npz.
+    loaded: e.g. from `load_for_analysis(workdir)`.
+  """
+  if not path.endswith(".npz"):
+    raise ValueError(f"path={path!r} must end in .npz")
+  arrays = {f"params/{layer}/{name}": np.asarray(value)
+            for layer, values in loaded.params.items() for name, value in values.items()}
+  meta = {"arch": arch_to_dict(loaded.arch), "num_classes": loaded.num_classes, "class_names": loaded.class_names,
+          "step": loaded.step, "epoch": loaded.epoch, "config": loaded.config}
+  with atomic_path(path) as tmp:
+    with open(tmp, "wb") as f:
+      np.savez(f, mean_image=loaded.mean_image, meta=np.array(json.dumps(meta)), **arrays)
+
+
+def _load_npz(path: str) -> Loaded:
+  if not os.path.isfile(path):
+    raise ValueError(f"{path!r} does not exist")
+  with np.load(path) as data:
+    if "meta" not in data or "mean_image" not in data:
+      raise ValueError(f"{path!r} is not a zf_jax params file (no 'meta'/'mean_image'; write it with save_params_npz)")
+    params: dict[str, dict[str, np.ndarray]] = {}
+    for key in data.files:
+      if key.startswith("params/"):
+        _, layer, name = key.split("/")
+        params.setdefault(layer, {})[name] = data[key]
+    return _loaded(params, data["mean_image"], json.loads(str(data["meta"])))

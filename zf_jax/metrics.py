@@ -1,0 +1,66 @@
+"""Training metrics: a JSON-lines file and TensorBoard event files in the workdir.
+
+Each `write(step, values)` appends one line {"step": s, **values} to `workdir/metrics.jsonl` and
+one scalar per value to the event files in `workdir/tensorboard/`. A resumed run starts the writer at
+its checkpoint's step: lines and events of later steps (written by the killed run after its last
+checkpoint) are dropped, so the logs read as one uninterrupted run.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Mapping
+
+import tensorboardX
+
+from zf_jax.analysis.common import atomic_path
+
+METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
+
+
+def read(workdir: str) -> list[dict]:
+  """All records of `workdir/metrics.jsonl`, in order ([] if there is none)."""
+  path = os.path.join(workdir, METRICS_FILE)
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+class Writer:
+  """Writes scalars for steps after `start_step` (0 for a fresh run).
+
+  Args:
+    workdir: the training workdir.
+    start_step: the step the run resumes from; records of later steps already on disk are dropped.
+    enabled: False on all but the first process of a multi-host run.
+  """
+
+  def __init__(self, workdir: str, start_step: int = 0, enabled: bool = True):
+    self._enabled = enabled
+    if not enabled:
+      return
+    self._path = os.path.join(workdir, METRICS_FILE)
+    kept = [r for r in read(workdir) if r["step"] <= start_step]
+    with atomic_path(self._path) as tmp, open(tmp, "w") as f:
+      f.writelines(json.dumps(r) + "\n" for r in kept)
+    self._tb = tensorboardX.SummaryWriter(os.path.join(workdir, TENSORBOARD_DIR),
+                                          purge_step=start_step + 1 if start_step else None)
+
+  def write(self, step: int, values: Mapping[str, float]) -> None:
+    if not self._enabled:
+      return
+    values = {k: float(v) for k, v in values.items()}
+    with open(self._path, "a") as f:
+      f.write(json.dumps({"step": step, **values}) + "\n")
+    for name, value in values.items():
+      self._tb.add_scalar(name, value, step)
+
+  def flush(self) -> None:
+    if self._enabled:
+      self._tb.flush()
+
+  def close(self) -> None:
+    if self._enabled:
+      self._tb.close()

@@ -1,0 +1,341 @@
+"""Training as section 3 of the paper: `train_and_evaluate(config, workdir)`.
+
+  * SGD with momentum 0.9 (optax), learning rate 1e-2, mini-batches of 128, cross-entropy loss,
+    dropout 0.5 in fc6/fc7, weights N(0, 1e-2^2) and biases 0 (configurable per layer).
+  * Feature scale clipping: after every update, each conv filter whose RMS exceeds `radius` (0.1)
+    is scaled back to it (`clip_filter_rms`); `config.filter_rms_radius = 0` turns it off (Fig. 6(a)).
+  * Plateau annealing, the paper's manual "anneal when the validation error plateaus" made a rule
+    (`anneal_on_plateau`): after every epoch the validation top-1 error is compared with the best so
+    far; after `plateau_patience` epochs in a row without an improvement of more than
+    `plateau_min_delta`, the learning rate is divided by `plateau_factor` (10), not below
+    `min_learning_rate`. The learning rate lives in the optimizer state (`optax.inject_hyperparams`),
+    the plateau counters in the checkpoint's metadata.
+  * Data: `input_pipeline` (random crops and flips, per-pixel mean subtraction; 10-crop validation
+    with top-1 and top-5). Batch `step` is a pure function of (seed, step), and each checkpoint holds
+    the step, so a run killed at any moment and restarted ends with the same parameters.
+  * Devices: data parallel over every device of every process through `jax.sharding` (a 1-D Mesh
+    "data"; parameters replicated, batches split). Multi-host runs call `jax.distributed.initialize()`
+    first (train.py --multihost); each process then loads only its share of every batch.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import time
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import tqdm
+from absl import logging
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from zf_jax import checkpoint, data, input_pipeline, metrics, models
+
+Params = models.Params
+
+
+class NonFiniteLossError(RuntimeError):
+  """The training loss became NaN or infinite; the run stops, keeping its last good checkpoint."""
+
+
+def clip_filter_rms(params: Params, radius: float = 0.1) -> Params:
+  """Feature scale clipping (section 3): conv filters with RMS > radius are rescaled to RMS = radius.
+
+  A filter is one output channel of a conv kernel: kernel[:, :, :, o], its RMS taken over the
+  k * k * in weights. Dense layers and biases are unchanged. Pure and jittable.
+
+  Args:
+    params: {layer: {"kernel", "bias"}}; conv kernels are HWIO [k, k, in, out].
+    radius: the largest RMS allowed.
+
+  Returns:
+    params with every conv kernel's filters clipped.
+  """
+  def clip(kernel):
+    rms = jnp.sqrt(jnp.mean(jnp.square(kernel), axis=(0, 1, 2), keepdims=True))
+    return kernel * jnp.minimum(1.0, radius / jnp.maximum(rms, 1e-12))
+  return {name: {**layer, "kernel": clip(layer["kernel"])} if layer["kernel"].ndim == 4 else layer
+          for name, layer in params.items()}
+
+
+def anneal_on_plateau(state: Mapping[str, float], val_error: float, learning_rate: float,
+                      config: ml_collections.ConfigDict) -> tuple[dict[str, float], float]:
+  """The learning-rate rule applied after each epoch's validation.
+
+  Args:
+    state: {"best_error", "bad_epochs"} from the previous epoch ({} at the start).
+    val_error: this epoch's validation top-1 error in [0, 1].
+    learning_rate: the current rate.
+    config: plateau_patience, plateau_factor, plateau_min_delta, min_learning_rate.
+
+  Returns:
+    (new state, new learning rate): the rate divided by plateau_factor (not below
+    min_learning_rate) after plateau_patience epochs in a row without val_error < best - min_delta.
+  """
+  best, bad = state.get("best_error", float("inf")), int(state.get("bad_epochs", 0))
+  if val_error < best - config.plateau_min_delta:
+    return {"best_error": val_error, "bad_epochs": 0}, learning_rate
+  bad += 1
+  if bad >= config.plateau_patience:
+    return {"best_error": best, "bad_epochs": 0}, max(learning_rate / config.plateau_factor,
+                                                     config.min_learning_rate)
+  return {"best_error": best, "bad_epochs": bad}, learning_rate
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """SGD with momentum (and optional L2 weight decay); the learning rate is a state hyperparameter."""
+  def sgd(learning_rate):
+    return optax.chain(optax.add_decayed_weights(config.weight_decay),
+                       optax.sgd(learning_rate, momentum=config.momentum))
+  return optax.inject_hyperparams(sgd)(learning_rate=config.learning_rate)
+
+
+def get_learning_rate(opt_state: Any) -> float:
+  """The current learning rate, stored in the optimizer state by `make_optimizer`."""
+  return float(opt_state.hyperparams["learning_rate"])
+
+
+def set_learning_rate(opt_state: Any, learning_rate: float) -> Any:
+  """The optimizer state with a new learning rate (same dtype and sharding)."""
+  old = opt_state.hyperparams["learning_rate"]
+  new = jax.device_put(jnp.asarray(learning_rate, old.dtype), old.sharding)
+  return opt_state._replace(hyperparams={**opt_state.hyperparams, "learning_rate": new})
+
+
+def build_arch(config: ml_collections.ConfigDict) -> models.Arch:
+  """config.arch (a name of `models.ARCH_NAMES`) with config.arch_features widths, if any."""
+  arch = models.get_arch(config.arch)
+  features = dict(config.get("arch_features") or {})
+  return models.ablate(arch, features=features, name=f"{arch.name}-custom") if features else arch
+
+
+def paper_gain_std(arch: models.Arch, reference: models.Arch, std: float = 0.01) -> dict[str, float]:
+  """{layer: std'} giving every conv/fc layer of `arch` the gain std * sqrt(fan_in) it has in `reference`.
+
+  For the 64-px models: the paper's N(0, 0.01^2) (section 3) on zfnet's wide layers, carried over to
+  zfnet64's narrower ones (std' = 0.01 * sqrt(fan_in in zfnet / fan_in in zfnet64)).
+  """
+  def fan_ins(a: models.Arch) -> dict[str, int]:
+    shapes, previous, out = a.shapes(), (a.input_size, a.input_size, 3), {}
+    for layer in a.layers:
+      if isinstance(layer, models.Conv):
+        out[layer.name] = layer.kernel * layer.kernel * previous[-1]
+      elif isinstance(layer, models.Dense):
+        out[layer.name] = int(np.prod(previous))
+      previous = shapes[layer.name]
+    return out
+  small, large = fan_ins(arch), fan_ins(reference)
+  return {name: round(std * float(np.sqrt(large[name] / small[name])), 5) for name in small}
+
+
+def per_layer_values(config: ml_collections.ConfigDict, arch: models.Arch, name: str) -> dict[str, float]:
+  """{layer: value}: config[name] for every conv/fc layer, or config["layer_" + name][layer] if given."""
+  overrides = dict(config.get("layer_" + name) or {})
+  unknown = sorted(set(overrides) - set(arch.activation_names))
+  if unknown:
+    raise ValueError(f"layer_{name} names {unknown}, not layers of {arch.name!r}; "
+                     f"allowed: {', '.join(arch.activation_names)}")
+  return {layer: float(overrides.get(layer, config[name])) for layer in arch.activation_names}
+
+
+def train_step(arch: models.Arch, tx: optax.GradientTransformation, radius: float, params: Params,
+               opt_state: Any, images: jax.Array, labels: jax.Array, step: jax.Array,
+               key: jax.Array) -> tuple[Params, Any, dict[str, jax.Array]]:
+  """One SGD step on a batch, then feature scale clipping (section 3).
+
+  Args:
+    arch, tx, radius: the model, optimizer and clipping radius (0: no clipping); static.
+    params, opt_state: the state.
+    images: float32 [B, S, S, 3] mean-subtracted crops; labels: int32 [B].
+    step: the global step (int32 []), folded into `key` for dropout.
+    key: the run's base key.
+
+  Returns:
+    new params, new opt_state and {"loss", "accuracy"} of the batch (before the update).
+  """
+  def loss_fn(p):
+    logits, _ = models.forward(arch, p, images, train=True, rng=jax.random.fold_in(key, step))
+    return optax.losses.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), logits
+  (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+  updates, opt_state = tx.update(grads, opt_state, params)
+  params = optax.apply_updates(params, updates)
+  if radius:
+    params = clip_filter_rms(params, radius)
+  return params, opt_state, {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels)}
+
+
+def eval_step(arch: models.Arch, params: Params, crops: jax.Array, labels: jax.Array,
+              mask: jax.Array) -> jax.Array:
+  """Top-1 and top-5 hits of a batch, softmax averaged over each image's crops (section 3).
+
+  Args:
+    crops: float32 [B, N, S, S, 3] (N = 1 or 10 crops per image); labels int32 [B]; mask bool [B].
+
+  Returns:
+    int32 [3]: (top-1 hits, top-5 hits, images) among the unmasked.
+  """
+  b, n = crops.shape[:2]
+  logits, _ = models.forward(arch, params, crops.reshape(b * n, *crops.shape[2:]))
+  probs = jax.nn.softmax(logits).reshape(b, n, -1).mean(axis=1)
+  _, top = jax.lax.top_k(probs, min(5, probs.shape[-1]))
+  hits = top == labels[:, None]
+  return jnp.stack([jnp.sum(hits[:, 0] & mask), jnp.sum(hits.any(-1) & mask), jnp.sum(mask)]).astype(jnp.int32)
+
+
+def _check_config(config: ml_collections.ConfigDict, arch: models.Arch) -> None:
+  want = data.image_size_for(arch)
+  if config.image_size != want:
+    raise ValueError(f"image_size={config.image_size} does not match arch {config.arch!r}, which takes "
+                     f"{arch.input_size}-px crops of {want}-px images; set --config.image_size={want}")
+  devices = jax.device_count()
+  for name in ("batch_size", "eval_batch_size"):
+    if config[name] < 1 or config[name] % devices:
+      raise ValueError(f"{name}={config[name]} is not divisible by the {devices} devices; use a multiple of {devices}")
+  if config.eval_crops not in (1, 10):
+    raise ValueError(f"eval_crops={config.eval_crops}; allowed: 1 (center) or 10 (corners + center, with flips)")
+
+
+def _check_workdir(meta: Mapping[str, Any] | None, arch: models.Arch, num_classes: int, workdir: str) -> None:
+  if meta is None:
+    return
+  if checkpoint.arch_from_dict(meta["arch"]) != arch or meta["num_classes"] != num_classes:
+    raise ValueError(f"workdir={workdir!r} holds a checkpoint of arch {meta['arch']['name']!r} with "
+                     f"{meta['num_classes']} classes, not {arch.name!r} with {num_classes}; use another --workdir")
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Trains `config` in `workdir`, resuming from its latest checkpoint if there is one.
+
+  Args:
+    config: see configs/*.py.
+    workdir: holds checkpoints/, metrics.jsonl and tensorboard/.
+
+  Returns:
+    The last epoch's metrics: val_top1, val_top5 (accuracies in [0, 1]), train_loss, learning_rate, epoch.
+
+  Raises:
+    ValueError: bad config or data, or a workdir of another model (nothing is written then).
+    NonFiniteLossError: the loss became NaN/inf (checkpoints so far are kept).
+  """
+  arch = build_arch(config)
+  _check_config(config, arch)
+  datasets = input_pipeline.load_datasets(config)
+  steps_per_epoch = len(datasets.train) // config.batch_size
+  if steps_per_epoch < 1:
+    raise ValueError(f"batch_size={config.batch_size} exceeds the {len(datasets.train)} training images")
+  num_steps = config.num_epochs * steps_per_epoch
+  previous = checkpoint.read_meta(workdir)
+  _check_workdir(previous, arch, datasets.num_classes, workdir)
+
+  mesh = Mesh(np.array(jax.devices()), ("data",))
+  replicated, split = NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("data"))
+  shard = (jax.process_index(), jax.process_count())
+  init_key, dropout_key = jax.random.split(jax.random.key(config.seed))
+  params = models.init_params(arch, init_key, datasets.num_classes, per_layer_values(config, arch, "weight_std"),
+                              per_layer_values(config, arch, "bias_init"))
+  tx = make_optimizer(config)
+  params = jax.device_put(params, replicated)
+  opt_state = jax.device_put(tx.init(params), replicated)
+  manager = checkpoint.Manager(workdir, keep_steps=[e * steps_per_epoch for e in config.keep_epochs])
+  if previous is None:
+    step, plateau, last = 0, {}, {}
+    logging.info("Computing the mean image over %d training images", len(datasets.train))
+    mean_image = data.compute_mean_image(datasets.train, datasets.image_size)
+  else:
+    step = manager.latest_step()
+    params, opt_state, extras, meta = manager.restore(step, params, opt_state)
+    mean_image, plateau, last = extras["mean_image"], meta["plateau"], meta["metrics"]
+    logging.info("Resuming from step %d (epoch %.2f)", step, step / steps_per_epoch)
+
+  def save(step: int) -> None:
+    if not all(bool(jnp.isfinite(x).all()) for x in jax.tree.leaves(params)):
+      raise NonFiniteLossError(f"parameters became non-finite before step {step}; stopped, "
+                               f"the checkpoints in {checkpoint.checkpoint_dir(workdir)} are kept")
+    meta = {"step": step, "epoch": step / steps_per_epoch, "steps_per_epoch": steps_per_epoch,
+            "data_position": {"seed": config.seed, "epoch": step // steps_per_epoch, "batch": step % steps_per_epoch},
+            "arch": checkpoint.arch_to_dict(arch), "num_classes": datasets.num_classes,
+            "class_names": datasets.class_names, "image_size": datasets.image_size, "config": config.to_dict(),
+            "plateau": plateau, "metrics": last}
+    extras = {"mean_image": mean_image, "rng": np.asarray(jax.random.key_data(dropout_key))}
+    manager.save(step, params, opt_state, extras, meta)
+    logging.info("Saved checkpoint at step %d", step)
+
+  if step >= num_steps:
+    logging.info("Already trained: step %d of %d", step, num_steps)
+    manager.close()
+    return last
+  train_fn = jax.jit(functools.partial(train_step, arch, tx, config.filter_rms_radius), donate_argnums=(0, 1),
+                     out_shardings=(replicated, replicated, replicated))
+  eval_fn = jax.jit(functools.partial(eval_step, arch), out_shardings=replicated)
+  to_device = functools.partial(jax.make_array_from_process_local_data, split)
+  writer = metrics.Writer(workdir, step, enabled=jax.process_index() == 0)
+  make_batch = functools.partial(input_pipeline.train_batch, datasets, mean_image, config.seed,
+                                 batch_size=config.batch_size, crop=arch.input_size, shard=shard)
+  with contextlib.ExitStack() as stack:
+    stack.callback(writer.close)
+    stack.callback(manager.close)
+    stack.callback(manager.wait)
+    while step < num_steps:
+      epoch = step // steps_per_epoch
+      end = (epoch + 1) * steps_per_epoch
+      pending, tick, interval_start = [], time.time(), step
+      with tqdm.tqdm(total=steps_per_epoch, initial=step - epoch * steps_per_epoch, unit="batch",
+                     desc=f"epoch {epoch + 1}/{config.num_epochs}", disable=jax.process_index() != 0) as bar:
+        for images, labels in input_pipeline.prefetch(make_batch, range(step, end)):
+          params, opt_state, batch_metrics = train_fn(params, opt_state, to_device(images), to_device(labels),
+                                                      jnp.int32(step), dropout_key)
+          pending.append(batch_metrics)
+          step += 1
+          bar.update()
+          if step % config.log_every_steps == 0 or step == end:
+            values = _summarize(pending, step, steps_per_epoch, workdir)
+            values["images_per_second"] = (step - interval_start) * config.batch_size / (time.time() - tick)
+            values["learning_rate"] = get_learning_rate(opt_state)
+            writer.write(step, {**values, "epoch": step / steps_per_epoch})
+            bar.set_postfix(loss=f"{values['train_loss']:.3f}", acc=f"{values['train_accuracy']:.3f}")
+            last = {**last, **values}
+            pending, tick, interval_start = [], time.time(), step
+          if config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0 and step != end:
+            save(step)
+      val = evaluate(eval_fn, params, datasets.val, datasets.image_size, mean_image, config, arch, split, shard)
+      plateau, learning_rate = anneal_on_plateau(plateau, 1.0 - val["val_top1"], get_learning_rate(opt_state), config)
+      if learning_rate != get_learning_rate(opt_state):
+        logging.info("Validation error plateaued: learning rate %g -> %g", get_learning_rate(opt_state), learning_rate)
+        opt_state = set_learning_rate(opt_state, learning_rate)
+      last = {**last, **val, "epoch": step / steps_per_epoch}
+      writer.write(step, {**val, "epoch": step / steps_per_epoch})
+      logging.info("Epoch %d: val top-1 %.4f, top-5 %.4f, train loss %.4f", step // steps_per_epoch,
+                   val["val_top1"], val["val_top5"], last["train_loss"])
+      save(step)
+  return last
+
+
+def _summarize(pending: list[dict[str, jax.Array]], step: int, steps_per_epoch: int, workdir: str) -> dict[str, float]:
+  """Means of the steps' metrics; raises NonFiniteLossError on a NaN/inf loss."""
+  pending = jax.device_get(pending)
+  losses = np.array([m["loss"] for m in pending], np.float64)
+  if not np.isfinite(losses).all():
+    bad = step - len(losses) + int(np.argmin(np.isfinite(losses))) + 1
+    raise NonFiniteLossError(f"the loss is {losses[~np.isfinite(losses)][0]} at step {bad} (epoch "
+                             f"{bad / steps_per_epoch:.2f}); stopped, the checkpoints before it in "
+                             f"{checkpoint.checkpoint_dir(workdir)} are kept (try a lower learning_rate)")
+  return {"train_loss": float(losses.mean()), "train_accuracy": float(np.mean([m["accuracy"] for m in pending]))}
+
+
+def evaluate(eval_fn: Any, params: Params, source: Any, image_size: int, mean_image: np.ndarray,
+             config: ml_collections.ConfigDict, arch: models.Arch, split: NamedSharding,
+             shard: tuple[int, int]) -> dict[str, float]:
+  """Top-1/top-5 accuracy over a split with config.eval_crops crops per image (10: section 3)."""
+  make = functools.partial(input_pipeline.eval_batch, source, image_size, mean_image,
+                           batch_size=config.eval_batch_size, crop=arch.input_size,
+                           num_crops=config.eval_crops, shard=shard)
+  to_device = functools.partial(jax.make_array_from_process_local_data, split)
+  totals = jnp.zeros(3, jnp.int32)
+  for crops, labels, mask in input_pipeline.prefetch(make, range(0, len(source), config.eval_batch_size)):
+    totals = totals + eval_fn(params, to_device(crops), to_device(labels), to_device(mask))
+  top1, top5, count = np.asarray(jax.device_get(totals))
+  return {"val_top1": float(top1 / count), "val_top5": float(top5 / count)}
