@@ -16,8 +16,8 @@ configs/zfnet_imagenet.py, and why:
   * Weight decay 5e-4 (Krizhevsky et al.'s value; the paper states none): 500 images per class
     overfit otherwise.
   * 12 epochs, annealing after 2 flat epochs (the paper's 70 epochs are ImageNet-sized).
-Expected result (measured; README): with --config.num_epochs=6, val top-1 TINY_TOP1 / top-5 TINY_TOP5 (10-crop) on the
-100-class copy, TINY_TIME on 2 CPU cores shared with other jobs. 12 epochs (the default) not measured.
+Expected result (measured; README): with --config.num_epochs=6, val top-1 0.229 / top-5 0.523 (10-crop) on the
+100-class copy, in 44 min on 2 CPU cores mostly shared with other jobs. 12 epochs (the default) not measured.
 """
 import ml_collections
 
