@@ -11,7 +11,7 @@ The paper's rate (1e-2, or 5e-3 for 64 images) is too fast once these easy class
 learnt: within ten steps the logits blow up, conv1 filters jump and most fc6/fc7 units die, and
 the run stays at chance.
 Expected result: val top-1 0.65, top-5 1.00 after 12 epochs (10-crop; top-1 swings by ~0.05
-between the last epochs), in 11 minutes on 2 CPU cores shared with other jobs (6.7 CPU-minutes);
+between the last epochs), in 4.8 minutes on 2 free CPU cores (11 minutes on shared ones);
 conv1 holds oriented colour-edge filters. Look at it with python visualize.py --workdir=workdirs/demo.
 """
 import ml_collections
