@@ -12,7 +12,7 @@ learnt: within ten steps the logits blow up, conv1 filters jump and most fc6/fc7
 the run stays at chance.
 Expected result: val top-1 0.65, top-5 1.00 after 12 epochs (10-crop; top-1 swings by ~0.05
 between the last epochs), in 4.8 minutes on 2 free CPU cores (11 minutes on shared ones);
-conv1 holds oriented colour-edge filters. Look at it with python visualize.py --workdir=workdirs/demo.
+conv1 holds oriented colour-edge filters. Look at it with python visualize.py all --workdir=workdirs/demo.
 """
 import ml_collections
 
