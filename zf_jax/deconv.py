@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from zf_jax import layers, models
+from zf_jax import layers
 from zf_jax.models import Arch, Conv, Dense, Norm, Params, Pool, Trace
 
 RULES = ("deconvnet", "guided", "saliency")

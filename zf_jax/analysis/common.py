@@ -1,4 +1,5 @@
-"""What every analysis shares: display scaling of projections and files written whole or not at all."""
+"""What every analysis shares: reading and preparing images, display scaling, batching in fixed-size
+chunks, and files written whole or not at all."""
 from __future__ import annotations
 
 import contextlib
