@@ -79,12 +79,6 @@ def row(benchmark: str, model_name: str, metric: str, ours: float, baseline: flo
           "met": met, "config": config, "note": note}
 
 
-def skipped(benchmark: str, reason: str) -> dict[str, Any]:
-  """A benchmark that could not run, and why (no number is made up for it)."""
-  print(f"[{benchmark}] skipped: {reason}", flush=True)
-  return {"benchmark": benchmark, "skipped": reason}
-
-
 def _version(package: str) -> str:
   try:
     return metadata.version(package)

@@ -11,7 +11,6 @@ zf_jax's p(correct) map is turned into the same per-pixel mean to compare the tw
 """
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 import numpy as np
@@ -19,6 +18,7 @@ import torch
 from captum.attr import Occlusion
 
 from bench import common, torch_models
+from zf_jax.analysis import occlusion
 
 # (model, window, stride, zf_jax batch sizes, Captum perturbations_per_eval): the paper's proportions
 # at 64 px (window S/4, stride S/28: 22 x 22 positions); at 224 px a coarser stride (7 x 7 positions)
@@ -42,7 +42,7 @@ def _best(times: dict[int, float]) -> int:
   return min(times, key=times.get)
 
 
-def bench_model(occlusion: Any, name: str, size: int, stride: int, batch_sizes: tuple[int, ...],
+def bench_model(name: str, size: int, stride: int, batch_sizes: tuple[int, ...],
                 per_eval: tuple[int, ...], repeats: int) -> list[dict[str, Any]]:
   """Times both sides on one image of `name`, each at its best setting; compares their maps."""
   arch, params, images = common.model(name, 1)
@@ -84,12 +84,8 @@ def bench_model(occlusion: Any, name: str, size: int, stride: int, batch_sizes: 
 
 
 def run(quick: bool = False) -> list[dict[str, Any]]:
-  """Both models, or the reason this benchmark cannot run."""
-  try:
-    occlusion = importlib.import_module("zf_jax.analysis.occlusion")
-  except ImportError as e:
-    return [common.skipped("occlusion", f"zf_jax.analysis.occlusion not available ({e})")]
+  """Both models (the 64-px one only when quick)."""
   rows = []
   for name, size, stride, batch_sizes, per_eval in QUICK if quick else CONFIGS:
-    rows += bench_model(occlusion, name, size, stride, batch_sizes, per_eval, 1 if quick else 3)
+    rows += bench_model(name, size, stride, batch_sizes, per_eval, 1 if quick else 3)
   return rows

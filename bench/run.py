@@ -52,9 +52,6 @@ def table(env: dict[str, Any], rows: list[dict[str, Any]], command: str, seconds
       "|---|---|---|---|---|---|---|---|---|---|---|",
   ]
   for r in rows:
-    if "skipped" in r:
-      lines.append(f"| {r['benchmark']} | | | | | | | | | skipped | {r['skipped']} |")
-      continue
     goal = "" if r["goal"] is None else f"{r['goal_op']} {r['goal']:g}"
     met = "" if r["met"] is None else ("yes" if r["met"] else "**no**")
     lines.append(f"| {r['benchmark']} | {r['model']} | {r['config']} | {r['metric']} | {_number(r['zf_jax'])} | "

@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import subprocess
@@ -24,6 +23,7 @@ import numpy as np
 
 from bench import common
 from zf_jax import models
+from zf_jax.analysis import topk
 
 BATCH = 64
 
@@ -50,7 +50,7 @@ def peak_rss_mib(name: str, n: int) -> float:
   return float(json.loads(out.strip().splitlines()[-1])["peak_rss_mib"])
 
 
-def bench_model(topk: Any, name: str, n: int, sizes: tuple[int, int], repeats: int) -> list[dict[str, Any]]:
+def bench_model(name: str, n: int, sizes: tuple[int, int], repeats: int) -> list[dict[str, Any]]:
   """Scan vs forward img/s on n images, and the scan's peak memory at two dataset sizes."""
   arch, params, images = common.model(name, n)
   batches = [images[i:i + BATCH] for i in range(0, n, BATCH)]
@@ -74,15 +74,11 @@ def bench_model(topk: Any, name: str, n: int, sizes: tuple[int, int], repeats: i
 
 
 def run(quick: bool = False) -> list[dict[str, Any]]:
-  """zfnet64 (and ZF-224 unless quick), or the reason this benchmark cannot run."""
-  try:
-    topk = importlib.import_module("zf_jax.analysis.topk")
-  except ImportError as e:
-    return [common.skipped("topk_scan", f"zf_jax.analysis.topk not available ({e})")]
+  """zfnet64 (and ZF-224 unless quick)."""
   if quick:
-    return bench_model(topk, "zfnet64", 2 * BATCH, (BATCH, 4 * BATCH), 1)
-  return bench_model(topk, "zfnet64", 8 * BATCH, (8 * BATCH, 64 * BATCH), 3) + \
-      bench_model(topk, "zfnet", BATCH, (BATCH, 4 * BATCH), 2)
+    return bench_model("zfnet64", 2 * BATCH, (BATCH, 4 * BATCH), 1)
+  return bench_model("zfnet64", 8 * BATCH, (8 * BATCH, 64 * BATCH), 3) + \
+      bench_model("zfnet", BATCH, (BATCH, 4 * BATCH), 2)
 
 
 def _peak_rss_kib() -> int:
@@ -93,7 +89,6 @@ def _peak_rss_kib() -> int:
 
 def _memory_child(name: str, n: int) -> None:
   """Scans n synthetic images and prints the process's peak RSS as JSON (the last line)."""
-  topk = importlib.import_module("zf_jax.analysis.topk")
   arch, params, _ = common.model(name, 1)
   top = topk.scan(arch, params, SyntheticImages(n, arch.input_size), batch_size=BATCH)
   assert np.isfinite(top[arch.conv_names[-1]]["value"]).all()

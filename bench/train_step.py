@@ -9,7 +9,6 @@ eager and under `torch.compile` (the model; the optimizer and clipping stay eage
 from __future__ import annotations
 
 import functools
-import importlib
 import time
 from typing import Any, Callable
 
@@ -21,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from bench import common, torch_models
+from zf_jax import train_lib
 
 BATCH = 128
 RADIUS = 0.1
@@ -46,7 +46,7 @@ def torch_step(model: torch.nn.Module, forward: Callable[[torch.Tensor], torch.T
   return step
 
 
-def bench_model(train_lib: Any, name: str, batch: int, repeats: int, compile_torch: bool) -> list[dict[str, Any]]:
+def bench_model(name: str, batch: int, repeats: int, compile_torch: bool) -> list[dict[str, Any]]:
   """img/s of one step on `name` at `batch`: zf_jax vs PyTorch eager (and compiled)."""
   arch, params, images = common.model(name, batch, num_classes=NUM_CLASSES)
   labels = np.random.default_rng(0).integers(0, NUM_CLASSES, batch).astype(np.int32)
@@ -87,11 +87,7 @@ def bench_model(train_lib: Any, name: str, batch: int, repeats: int, compile_tor
 
 
 def run(quick: bool = False) -> list[dict[str, Any]]:
-  """The 64-px variant at batch 128 (CPU), or the reason this benchmark cannot run."""
-  try:
-    train_lib = importlib.import_module("zf_jax.train_lib")
-  except ImportError as e:
-    return [common.skipped("train_step", f"zf_jax.train_lib not available ({e})")]
+  """The 64-px variant at batch 128 (CPU)."""
   if quick:
-    return bench_model(train_lib, "zfnet64", 8, 1, compile_torch=False)
-  return bench_model(train_lib, "zfnet64", BATCH, 5, compile_torch=True)
+    return bench_model("zfnet64", 8, 1, compile_torch=False)
+  return bench_model("zfnet64", BATCH, 5, compile_torch=True)
