@@ -43,6 +43,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.plateau_factor = 10.0
   config.plateau_min_delta = 1e-3
   config.min_learning_rate = 1e-5
+  config.stop_when_converged = False  # stop early once a plateau is reached at min_learning_rate
   # Evaluation: 10 crops (corners + center, with flips) per validation image, top-1 and top-5.
   config.eval_crops = 10
   config.eval_batch_size = 32        # images per evaluation batch (x eval_crops forward passes)

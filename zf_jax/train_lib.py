@@ -75,14 +75,17 @@ def anneal_on_plateau(state: Mapping[str, float], val_error: float, learning_rat
   Returns:
     (new state, new learning rate): the rate divided by plateau_factor (not below
     min_learning_rate) after plateau_patience epochs in a row without val_error < best - min_delta.
+    A plateau reached with the rate already at min_learning_rate sets state["converged"] = True:
+    the rule has nothing left to try (train_and_evaluate stops there if config.stop_when_converged).
   """
   best, bad = state.get("best_error", float("inf")), int(state.get("bad_epochs", 0))
   if val_error < best - config.plateau_min_delta:
     return {"best_error": val_error, "bad_epochs": 0}, learning_rate
   bad += 1
   if bad >= config.plateau_patience:
-    return {"best_error": best, "bad_epochs": 0}, max(learning_rate / config.plateau_factor,
-                                                     config.min_learning_rate)
+    converged = learning_rate <= config.min_learning_rate
+    return ({"best_error": best, "bad_epochs": 0, "converged": converged},
+            max(learning_rate / config.plateau_factor, config.min_learning_rate))
   return {"best_error": best, "bad_epochs": bad}, learning_rate
 
 
@@ -264,8 +267,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     manager.save(step, params, opt_state, extras, meta)
     logging.info("Saved checkpoint at step %d", step)
 
-  if step >= num_steps:
-    logging.info("Already trained: step %d of %d", step, num_steps)
+  if step >= num_steps or _converged(config, plateau):
+    logging.info("Already trained: step %d of %d%s", step, num_steps,
+                 " (converged: the validation error plateaued at min_learning_rate)" * _converged(config, plateau))
     manager.close()
     return last
   train_fn = jax.jit(functools.partial(train_step, arch, tx, config.filter_rms_radius), donate_argnums=(0, 1),
@@ -311,7 +315,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       logging.info("Epoch %d: val top-1 %.4f, top-5 %.4f, train loss %.4f", step // steps_per_epoch,
                    val["val_top1"], val["val_top5"], last["train_loss"])
       save(step)
+      if _converged(config, plateau):
+        logging.info("Converged at epoch %d: the validation error plateaued at min_learning_rate %g; stopping",
+                     step // steps_per_epoch, config.min_learning_rate)
+        break
   return last
+
+
+def _converged(config: ml_collections.ConfigDict, plateau: Mapping[str, Any]) -> bool:
+  """True if config.stop_when_converged and the plateau rule has reached its floor (anneal_on_plateau)."""
+  return bool(config.get("stop_when_converged", False) and plateau.get("converged", False))
 
 
 def _summarize(pending: list[dict[str, jax.Array]], step: int, steps_per_epoch: int, workdir: str) -> dict[str, float]:
