@@ -24,4 +24,5 @@ def get_config() -> ml_collections.ConfigDict:
   config.checkpoint_every_steps = 2
   config.keep_epochs = (1,)
   config.log_every_steps = 2
+  config.grain_workers = 0           # read threads only: no worker processes to start
   return config

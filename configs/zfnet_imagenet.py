@@ -24,6 +24,13 @@ def get_config() -> ml_collections.ConfigDict:
   config.manual_dir = ml_collections.config_dict.placeholder(str)
   config.train_split = "train"       # TFDS splits; slices such as "train[:10%]" work too
   config.val_split = "validation"
+  # Few-shot training (section 5.2's "from scratch" baseline): N images per class of the training
+  # split, drawn by zf_jax.data.few_shot.split_per_class as the transfer study draws them (fold and
+  # seed as there; holdout: images per class held out for testing first, for one-split datasets). 0 = all.
+  config.train_per_class = 0
+  config.train_per_class_fold = 0
+  config.train_per_class_seed = 0
+  config.train_per_class_holdout = 0
   config.image_size = 256            # S: images are resized and center-cropped to S x S (256 for 224 crops)
   # Optimisation (section 3).
   config.batch_size = 128
@@ -51,6 +58,15 @@ def get_config() -> ml_collections.ConfigDict:
   # Kept: the ends of keep_epochs (Fig. 4's snapshots) and the latest.
   config.checkpoint_every_steps = 0
   config.keep_epochs = (1, 2, 5, 10, 20, 30, 40, 64)
-  config.log_every_steps = 100
+  config.log_every_steps = 100        # the only host-device sync of the step loop (metrics fetched)
   config.seed = 0
+  # Input pipeline (Grain, zf_jax.input_pipeline): worker processes decoding and augmenting ahead of
+  # the device (0: read threads of the training process only); per worker (or for the process):
+  # read threads and batches buffered. 8 workers for a GPU host of 16+ cores (see bench/RESULTS.md).
+  config.grain_workers = 8
+  config.grain_read_threads = 2
+  config.grain_prefetch = 4
+  # Device: "float32", or "bfloat16" activations and convolutions (parameters, optimizer state,
+  # loss and softmax stay float32).
+  config.compute_dtype = "float32"
   return config

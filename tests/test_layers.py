@@ -60,3 +60,18 @@ def test_local_response_norm_matches_the_formula():
     window = a[..., max(0, c - 2):c + 3]
     want[..., c] = a[..., c] / (2.0 + 1e-4 * (window ** 2).sum(-1)) ** 0.75
   np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+@pytest.mark.parametrize("size,window,stride,pad", [(110, 3, 2, 0), (13, 3, 2, 0), (26, 3, 2, 0), (5, 2, 2, 1),
+                                                     (8, 2, 4, 0), (27, 3, 2, 1)])
+def test_ceil_mode_padding_gives_ceil_mode_window_counts(size, window, stride, pad):
+  """PyTorch's ceil_mode count: ceil((size + 2 pad - window) / stride) + 1, less one if the last window
+  would start in the high padding (tests/test_convert.py compares values and switches with torch)."""
+  lo, hi = layers.ceil_mode_padding(size, window, stride, pad)
+  count = int(np.ceil((size + 2 * pad - window) / stride)) + 1
+  count -= (count - 1) * stride >= size + pad
+  assert lo == pad and hi >= 0
+  x = jnp.arange(size * size, dtype=jnp.float32).reshape(1, size, size, 1)
+  pooled, _ = layers.max_pool(x, window, stride, ((lo, hi), (lo, hi)))
+  assert pooled.shape[1:3] == (count, count)
+  assert jnp.isfinite(pooled).all()  # every window holds at least one real input

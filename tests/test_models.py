@@ -91,3 +91,15 @@ def test_bad_names_raise_value_error():
   with pytest.raises(ValueError, match="rng"):
     arch = models.get_arch("zfnet64")
     models.forward(arch, models.init_params(arch, jax.random.key(0), 2), jnp.zeros((1, 56, 56, 3)), train=True)
+
+
+def test_vgg16_is_configuration_d():
+  arch = models.get_arch("vgg16")
+  shapes = arch.shapes()
+  assert [shapes[f"pool{i}"] for i in range(1, 6)] == [(112, 112, 64), (56, 56, 128), (28, 28, 256), (14, 14, 512),
+                                                        (7, 7, 512)]
+  assert len(arch.conv_names) == 13 and shapes["conv13"] == (14, 14, 512)
+  params = jax.eval_shape(lambda key: models.init_params(arch, key), jax.random.key(0))
+  assert params["fc6"]["kernel"].shape == (25088, 4096)
+  assert sum(np.prod(p.shape) for p in jax.tree.leaves(params)) == 138_357_544  # torchvision's vgg16 count
+  assert "vgg16" in models.ARCH_NAMES and not any(n.startswith("vgg16-") for n in models.ARCH_NAMES)

@@ -2,7 +2,7 @@
 
 A training workdir holds `checkpoints/<step>/` directories written by an orbax `CheckpointManager`
 (atomically: orbax writes into a temporary directory and renames it when complete, so a run killed
-while saving leaves the previous checkpoints usable). Each checkpoint has four items:
+while saving leaves the previous checkpoints usable). Each checkpoint has these items:
 
   params     the model parameters {layer: {"kernel", "bias"}} (see `models.init_params`).
   opt_state  the optax state, including the current learning rate (`optax.inject_hyperparams`).
@@ -12,18 +12,26 @@ while saving leaves the previous checkpoints usable). Each checkpoint has four i
              is batch `batch` of epoch `epoch`'s order, see input_pipeline), the architecture
              (`arch_to_dict`), num_classes, class_names, image_size, the whole config, the
              plateau-annealing state and the latest metrics.
+  data       the training input iterator's position (Grain's own orbax handler, one JSON file per
+             process), counted from the step data_position["origin"] the iterator started at, with
+             data_position["grain_workers"] workers; absent from checkpoints written before the
+             pipeline used Grain, whose position follows from the step alone (batches are pure
+             functions of the step).
 
 so `load_for_analysis(workdir)` gives everything an analysis needs, knowing nothing else.
 `save_params_npz` exports the same as one .npz file, which `load_for_analysis` also reads.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
-from typing import Any, Mapping, Sequence
+import sys
+from typing import Any, Iterator, Mapping, Sequence
 
 import jax
+import grain
 import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
@@ -32,7 +40,7 @@ from zf_jax import models
 from zf_jax.analysis.common import atomic_path
 
 CHECKPOINT_DIR = "checkpoints"
-ITEMS = ("params", "opt_state", "extras", "meta")
+ITEMS = ("params", "opt_state", "extras", "meta", "data")
 _LAYER_TYPES = {cls.__name__: cls for cls in (models.Conv, models.Pool, models.Norm, models.Dense)}
 
 
@@ -75,11 +83,18 @@ class Manager:
     return self._manager.latest_step()
 
   def save(self, step: int, params: Any, opt_state: Any, extras: Mapping[str, Any],
-           meta: Mapping[str, Any]) -> None:
-    """Starts an asynchronous save of one step (arrays are copied before this returns)."""
-    self._manager.save(step, args=ocp.args.Composite(
-        params=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave(opt_state),
-        extras=ocp.args.StandardSave(dict(extras)), meta=ocp.args.JsonSave(dict(meta))))
+           meta: Mapping[str, Any], data: grain.DatasetIterator | None = None) -> None:
+    """Starts an asynchronous save of one step (arrays are copied, the iterator's state is written,
+    before this returns)."""
+    items = dict(params=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave(opt_state),
+                 extras=ocp.args.StandardSave(dict(extras)), meta=ocp.args.JsonSave(dict(meta)))
+    if data is not None:
+      items["data"] = grain.checkpoint.CheckpointSave(data)
+    self._manager.save(step, args=ocp.args.Composite(**items))
+
+  def has_data(self, step: int) -> bool:
+    """Whether checkpoint `step` holds an input iterator's state (not in checkpoints from before Grain)."""
+    return os.path.isdir(os.path.join(str(self._manager.directory), str(step), "data"))
 
   def restore(self, step: int, params: Any, opt_state: Any) -> tuple[Any, Any, dict[str, np.ndarray], dict]:
     """Restores `step` onto the shapes, dtypes and shardings of the given `params` and `opt_state`.
@@ -88,10 +103,17 @@ class Manager:
       (params, opt_state, extras as numpy, meta).
     """
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, (params, opt_state))
-    restored = self._manager.restore(step, args=ocp.args.Composite(
-        params=ocp.args.StandardRestore(abstract[0]), opt_state=ocp.args.StandardRestore(abstract[1]),
-        extras=_numpy_restore(self._manager, step, "extras"), meta=ocp.args.JsonRestore()))
+    try:
+      restored = self._manager.restore(step, args=ocp.args.Composite(
+          params=ocp.args.StandardRestore(abstract[0]), opt_state=ocp.args.StandardRestore(abstract[1]),
+          extras=_numpy_restore(self._manager, step, "extras"), meta=ocp.args.JsonRestore()))
+    except Exception as e:  # orbax, tensorstore and json errors alike
+      raise _unreadable(str(self._manager.directory), step, e) from None
     return restored["params"], restored["opt_state"], restored["extras"], restored["meta"]
+
+  def restore_data(self, step: int, data: grain.DatasetIterator) -> None:
+    """Moves `data`, an iterator over the dataset that was saved (`has_data(step)`), to its saved position."""
+    self._manager.restore(step, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(data)))
 
   def wait(self) -> None:
     """Blocks until every started save is complete on disk."""
@@ -107,16 +129,50 @@ def _numpy_restore(manager: ocp.CheckpointManager, step: int, item: str) -> ocp.
   return ocp.args.StandardRestore(jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), tree))
 
 
-def _read_only(workdir: str) -> ocp.CheckpointManager:
+@contextlib.contextmanager
+def _read_only(workdir: str, step: int | None = None) -> Iterator[ocp.CheckpointManager]:
+  """A manager that only reads, closed after the block; a failure to read becomes one ValueError naming
+  checkpoint `step` (or the checkpoints folder)."""
   directory = checkpoint_dir(workdir)
   if not os.path.isdir(directory):
     raise ValueError(f"workdir={workdir!r} holds no checkpoints ({directory} does not exist)")
-  return _manager(workdir, ocp.CheckpointManagerOptions(create=False))
+  manager = _manager(workdir, ocp.CheckpointManagerOptions(create=False))
+  try:
+    yield manager
+  except Exception as e:  # orbax, tensorstore and json errors alike
+    raise _unreadable(directory, step, e) from None
+  finally:
+    manager.close()
+
+
+def _unreadable(directory: str, step: int | None, error: Exception) -> ValueError:
+  """One error line for a checkpoint that cannot be read (and no tracebacks after it)."""
+  _drop_closed_loop_reports()
+  what = os.path.join(directory, str(step)) if step is not None else directory
+  first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+  return ValueError(f"checkpoint {what} cannot be read, it is corrupt or truncated ({type(error).__name__}: "
+                    f"{first[:300]}); allowed: a complete checkpoint written by train.py (delete this one to use "
+                    "the ones before it)")
+
+
+def _drop_closed_loop_reports() -> None:
+  """orbax closes its event loop at the first failed read of a restore; tensorstore's other reads of that
+  restore then each report RuntimeError("Event loop is closed") through sys.unraisablehook, a traceback
+  apiece after our error line. Drops exactly those reports (installed once; others go to the old hook)."""
+  previous = sys.unraisablehook
+  if getattr(previous, "zf_jax_closed_loop_filter", False):
+    return
+
+  def hook(unraisable: Any) -> None:
+    if not (isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed"):
+      previous(unraisable)
+  hook.zf_jax_closed_loop_filter = True
+  sys.unraisablehook = hook
 
 
 def _manager(workdir: str, options: ocp.CheckpointManagerOptions) -> ocp.CheckpointManager:
-  handlers = {item: ocp.JsonCheckpointHandler() if item == "meta" else ocp.StandardCheckpointHandler()
-              for item in ITEMS}
+  handlers = {item: ocp.StandardCheckpointHandler() for item in ITEMS}
+  handlers |= {"meta": ocp.JsonCheckpointHandler(), "data": grain.checkpoint.CheckpointHandler()}
   return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_handlers=handlers)
 
 
@@ -124,7 +180,8 @@ def list_steps(workdir: str) -> list[int]:
   """The steps of the complete checkpoints in `workdir`, ascending ([] if there are none)."""
   if not os.path.isdir(checkpoint_dir(workdir)):
     return []
-  return sorted(_read_only(workdir).all_steps())
+  with _read_only(workdir) as manager:
+    return sorted(manager.all_steps())
 
 
 def read_meta(workdir: str, step: int | None = None) -> dict[str, Any] | None:
@@ -135,7 +192,8 @@ def read_meta(workdir: str, step: int | None = None) -> dict[str, Any] | None:
   step = steps[-1] if step is None else step
   if step not in steps:
     raise ValueError(f"step={step} has no checkpoint in {workdir!r}; allowed: {steps}")
-  return _read_only(workdir).restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+  with _read_only(workdir, step) as manager:
+    return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
 
 def epochs_by_step(workdir: str) -> dict[int, float]:
@@ -194,16 +252,22 @@ def load_for_analysis(path: str, step: int | None = None, epoch: float | None = 
   step = steps[-1] if step is None else step
   if step not in steps:
     raise ValueError(f"step={step} has no checkpoint in {path!r}; allowed: {steps}")
-  manager = _read_only(path)
-  restored = manager.restore(step, args=ocp.args.Composite(
-      params=_numpy_restore(manager, step, "params"), extras=_numpy_restore(manager, step, "extras"),
-      meta=ocp.args.JsonRestore()))
+  with _read_only(path, step) as manager:
+    restored = manager.restore(step, args=ocp.args.Composite(
+        params=_numpy_restore(manager, step, "params"), extras=_numpy_restore(manager, step, "extras"),
+        meta=ocp.args.JsonRestore()))
   return _loaded(restored["params"], restored["extras"]["mean_image"], restored["meta"])
 
 
 def _loaded(params: Any, mean_image: np.ndarray, meta: Mapping[str, Any]) -> Loaded:
-  return Loaded(arch=arch_from_dict(meta["arch"]), params=jax.tree.map(jax.numpy.asarray, params),
-                mean_image=np.asarray(mean_image, np.float32), num_classes=int(meta["num_classes"]),
+  """The Loaded, its params checked against its arch (`models.check_params`: one error naming the layer)."""
+  arch = arch_from_dict(meta["arch"])
+  params = jax.tree.map(np.asarray, params)
+  num_classes = models.check_params(arch, params)
+  if num_classes != int(meta["num_classes"]):
+    raise ValueError(f"params has {num_classes} classes (fc8), its metadata says num_classes={meta['num_classes']}")
+  return Loaded(arch=arch, params=jax.tree.map(jax.numpy.asarray, params),
+                mean_image=np.asarray(mean_image, np.float32), num_classes=num_classes,
                 class_names=meta.get("class_names"), step=int(meta["step"]), epoch=float(meta["epoch"]),
                 config=dict(meta.get("config", {})))
 
@@ -229,12 +293,23 @@ def save_params_npz(path: str, loaded: Loaded) -> None:
 def _load_npz(path: str) -> Loaded:
   if not os.path.isfile(path):
     raise ValueError(f"{path!r} does not exist")
-  with np.load(path) as data:
-    if "meta" not in data or "mean_image" not in data:
-      raise ValueError(f"{path!r} is not a zf_jax params file (no 'meta'/'mean_image'; write it with save_params_npz)")
-    params: dict[str, dict[str, np.ndarray]] = {}
-    for key in data.files:
-      if key.startswith("params/"):
-        _, layer, name = key.split("/")
-        params.setdefault(layer, {})[name] = data[key]
-    return _loaded(params, data["mean_image"], json.loads(str(data["meta"])))
+  allowed = "allowed: a .npz written by checkpoint.save_params_npz"
+  try:
+    with np.load(path) as data:
+      if "meta" not in data or "mean_image" not in data:
+        raise ValueError(f"{path!r} is not a zf_jax params file (no 'meta'/'mean_image'); {allowed}")
+      params: dict[str, dict[str, np.ndarray]] = {}
+      for key in data.files:
+        if key.startswith("params/"):
+          _, layer, name = key.split("/")
+          params.setdefault(layer, {})[name] = data[key]
+      mean_image, meta = data["mean_image"], json.loads(str(data["meta"]))
+  except Exception as e:  # zipfile, pickle, json and OS errors of a damaged file
+    if isinstance(e, ValueError) and str(e).startswith(repr(path)):
+      raise
+    raise ValueError(f"{path!r} cannot be read, it is corrupt or truncated ({type(e).__name__}: {e}); {allowed}") \
+        from None
+  try:
+    return _loaded(params, mean_image, meta)
+  except (KeyError, TypeError, AttributeError) as e:
+    raise ValueError(f"{path!r} has incomplete metadata ({type(e).__name__}: {e}); {allowed}") from None

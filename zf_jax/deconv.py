@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from zf_jax import layers
-from zf_jax.models import Arch, Conv, Dense, Norm, Params, Pool, Trace
+from zf_jax.models import Arch, Conv, Dense, Norm, Params, Pool, Trace, check_params
 
 RULES = ("deconvnet", "guided", "saliency")
 
@@ -56,6 +56,7 @@ def project_signal(arch: Arch, params: Params, trace: Trace, layer: str, signal:
   Returns:
     [B, S, S, 3] pixels.
   """
+  check_params(arch, params)
   return _down(arch, params, trace, arch.layer_names.index(layer), signal, rule)
 
 
@@ -227,7 +228,8 @@ def _project_units(arch: Arch, params: Params, trace: Trace, layer: str, units: 
   return jax.vmap(one, in_axes=1, out_axes=1)(units)
 
 
-def _check(arch: Arch, trace: Trace, layer: str, rule: str) -> tuple[int, ...]:
+def _check(arch: Arch, params: Params, trace: Trace, layer: str, rule: str) -> tuple[int, ...]:
+  check_params(arch, params)
   if rule not in RULES:
     raise ValueError(f"rule={rule!r} is unknown; allowed: {', '.join(RULES)}")
   if layer not in arch.activation_names:
@@ -238,18 +240,53 @@ def _check(arch: Arch, trace: Trace, layer: str, rule: str) -> tuple[int, ...]:
   return tuple(trace.activations[layer].shape)
 
 
-def _check_range(name: str, values: Any, size: int) -> None:
-  if isinstance(values, jax.core.Tracer):
-    return  # values only known at run time: the caller jits us
-  values = np.asarray(values)
-  if values.size and (values.min() < 0 or values.max() >= size):
-    raise ValueError(f"{name}={values.min() if values.min() < 0 else values.max()} is out of range; "
-                     f"allowed: 0..{size - 1}")
+def _is_int_array(values: Any) -> bool:
+  dtype = getattr(values, "dtype", None)
+  return dtype is not None and jnp.issubdtype(dtype, jnp.integer) and not jnp.issubdtype(dtype, jnp.bool_)
+
+
+def _unit_limits(shape: tuple[int, ...]) -> tuple[int, int, int]:
+  """(channels, rows, columns) of a layer's activations [B, h, w, c] or [B, f] (fc: one position)."""
+  return (shape[-1], shape[1], shape[2]) if len(shape) == 4 else (shape[-1], 1, 1)
+
+
+def _check_units_shape(units: Any, batch: int) -> None:
+  if not _is_int_array(units) or units.ndim not in (2, 3) or units.shape[-1] not in (1, 3) \
+      or (units.ndim == 3 and units.shape[0] != batch):
+    raise ValueError(f"units has shape {tuple(getattr(units, 'shape', ()))} and dtype {getattr(units, 'dtype', None)};"
+                     f" allowed: int [N, 3] (channel, y, x), [N, 1] (whole maps), or [{batch}, N, 3|1] per image")
+
+
+def check_units(arch: Arch, trace: Trace, layer: str, units: Any) -> np.ndarray:
+  """Checks units eagerly (their values must be concrete): int [N, 3|1] or [B, N, 3|1] in range.
+
+  Values are checked before any conversion to int32, so ints beyond int32 cannot wrap around to valid
+  ones.
+
+  Returns:
+    the units as int32 numpy, same shape.
+  """
+  shape = tuple(trace.activations[layer].shape) if layer in trace.activations else None
+  if shape is None:
+    raise ValueError(f"trace has no activations for layer={layer!r}: is it the trace of {arch.name!r}?")
+  values = np.asarray(units)
+  _check_units_shape(values, shape[0])
+  for i, (name, size) in enumerate(zip(("channel", "y", "x"), _unit_limits(shape))):
+    if i < values.shape[-1] and values.size and (values[..., i].min() < 0 or values[..., i].max() >= size):
+      bad = values[..., i].min() if values[..., i].min() < 0 else values[..., i].max()
+      raise ValueError(f"{name}={bad} is out of range; allowed: 0..{size - 1}")
+  return values.astype(np.int32)
 
 
 def project_many(arch: Arch, params: Params, trace: Trace, layer: str, units: Any,
                  rule: str = "deconvnet") -> jax.Array:
   """Projects many units at once: one jitted call, vmapped over units (section 2.1, Fig. 2).
+
+  Bad input raises one ValueError: params not of `arch` (`models.check_params`), an unknown layer or
+  rule, units of the wrong shape or dtype or out of range (`check_units`). Under an outer `jax.jit`
+  the units are tracers: their shape and dtype are still checked, their values cannot be, and a unit
+  out of range then gives an all-zero projection; check them first with `check_units`, or call
+  `checked_project_many` inside `jax.experimental.checkify.checkify`.
 
   Args:
     arch, params: the model.
@@ -263,19 +300,39 @@ def project_many(arch: Arch, params: Params, trace: Trace, layer: str, units: An
   Returns:
     [B, N, S, S, 3] pixels, each projection scaled by the activation(s) it starts from.
   """
-  shape = _check(arch, trace, layer, rule)
-  units = jnp.asarray(units)
-  batch = shape[0]
-  if not jnp.issubdtype(units.dtype, jnp.integer) or units.ndim not in (2, 3) or units.shape[-1] not in (1, 3) \
-      or (units.ndim == 3 and units.shape[0] != batch):
-    raise ValueError(f"units has shape {tuple(units.shape)} and dtype {units.dtype}; allowed: int [N, 3] "
-                     f"(channel, y, x), [N, 1] (whole maps), or [{batch}, N, 3|1] per image")
-  limits = (shape[-1], shape[1], shape[2]) if len(shape) == 4 else (shape[-1], 1, 1)
-  for i, name in enumerate(("channel", "y", "x")[:units.shape[-1]]):
-    _check_range(name, units[..., i], limits[i])
+  shape = _check(arch, params, trace, layer, rule)
+  if isinstance(units, jax.core.Tracer):
+    _check_units_shape(units, shape[0])
+  else:
+    units = check_units(arch, trace, layer, units)
+  units = jnp.asarray(units, jnp.int32)
   if units.ndim == 2:
-    units = jnp.broadcast_to(units[None], (batch, *units.shape))
-  return _project_units(arch, params, trace, layer, units.astype(jnp.int32), rule)
+    units = jnp.broadcast_to(units[None], (shape[0], *units.shape))
+  return _project_units(arch, params, trace, layer, units, rule)
+
+
+def checked_project_many(arch: Arch, params: Params, trace: Trace, layer: str, units: Any,
+                         rule: str = "deconvnet") -> jax.Array:
+  """`project_many` whose unit range checks are `checkify` checks, so they also hold under `jax.jit`.
+
+  Use it inside `jax.experimental.checkify.checkify`, e.g.
+    f = checkify.checkify(lambda t, u: deconv.checked_project_many(arch, params, t, "conv5", u))
+    err, pixels = jax.jit(f)(trace, units)
+    err.throw()   # checkify.JaxRuntimeError (a ValueError) naming the coordinate and its range
+  Called eagerly it raises at once.
+  """
+  from jax.experimental import checkify
+  shape = _check(arch, params, trace, layer, rule)
+  units = jnp.asarray(units)
+  _check_units_shape(units, shape[0])
+  for i, (name, size) in enumerate(zip(("channel", "y", "x"), _unit_limits(shape))):
+    if i < units.shape[-1]:
+      checkify.check(jnp.all((units[..., i] >= 0) & (units[..., i] < size)),
+                     f"a unit's {name} is out of range for {layer!r}; allowed: 0..{size - 1}")
+  units = units.astype(jnp.int32)
+  if units.ndim == 2:
+    units = jnp.broadcast_to(units[None], (shape[0], *units.shape))
+  return _project_units(arch, params, trace, layer, units, rule)
 
 
 def project(arch: Arch, params: Params, trace: Trace, layer: str, channel: Any, y: Any = None,
@@ -293,11 +350,18 @@ def project(arch: Arch, params: Params, trace: Trace, layer: str, channel: Any, 
   Returns:
     [B, S, S, 3] pixels.
   """
-  shape = _check(arch, trace, layer, rule)
+  shape = _check(arch, params, trace, layer, rule)
   if (y is None) != (x is None):
     raise ValueError("give both y and x (one unit) or neither (the whole feature map)")
   parts = (channel,) if y is None else (channel, y, x)
-  unit = jnp.stack([jnp.broadcast_to(jnp.asarray(p), (shape[0],)) for p in parts], axis=-1)
+  names = ("channel", "y", "x")
+  traced = any(isinstance(p, jax.core.Tracer) for p in parts)
+  xp = jnp if traced else np
+  values = [p if isinstance(p, jax.core.Tracer) else np.asarray(p) for p in parts]
+  for name, part, value in zip(names, parts, values):
+    if not _is_int_array(value) or value.ndim > 1 or value.size not in (1, shape[0]):
+      raise ValueError(f"{name}={part!r} is not allowed; allowed: an int, or int [{shape[0]}] (one per image)")
+  unit = xp.stack([xp.broadcast_to(value.reshape(-1), (shape[0],)) for value in values], axis=-1)
   return project_many(arch, params, trace, layer, unit[:, None], rule)[:, 0]
 
 
@@ -306,8 +370,8 @@ def receptive_field(arch: Arch, layer: str, y: int, x: int) -> tuple[int, int, i
 
   Args:
     arch: the architecture.
-    layer: a conv or pool layer (fc layers see the whole image).
-    y, x: the unit's position in that layer's map.
+    layer: a conv, pool or norm layer, or an fc layer (y = x = 0; it sees the whole image).
+    y, x: the unit's position in that layer's map (ints).
 
   Returns:
     (y0, x0, y1, x1) input-pixel bounds.
@@ -317,12 +381,15 @@ def receptive_field(arch: Arch, layer: str, y: int, x: int) -> tuple[int, int, i
     raise ValueError(f"layer={layer!r} is not in arch {arch.name!r}; allowed: {', '.join(names)}")
   shapes = arch.shapes()
   index = names.index(layer)
-  if any(isinstance(spec, Dense) for spec in arch.layers[:index + 1]):
-    return 0, 0, arch.input_size, arch.input_size
-  h, w = shapes[layer][:2]
+  fc = any(isinstance(spec, Dense) for spec in arch.layers[:index + 1])
+  h, w = (1, 1) if fc else shapes[layer][:2]  # an fc unit has the one position (0, 0), as in `project`
   for name, value, size in (("y", y, h), ("x", x, w)):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+      raise ValueError(f"{name}={value!r} is not allowed for {layer!r}; allowed: an int in 0..{size - 1}")
     if not 0 <= value < size:
       raise ValueError(f"{name}={value} is out of range for {layer!r}; allowed: 0..{size - 1}")
+  if fc:
+    return 0, 0, arch.input_size, arch.input_size
   bounds = [[y, y], [x, x]]
   for i in range(index, -1, -1):
     spec = arch.layers[i]

@@ -1,23 +1,28 @@
-"""Batches for training and evaluation (section 3), as pure functions of (seed, step).
+"""Batches for training and evaluation (section 3) as Grain datasets, pure functions of (seed, step).
 
 Training batch `step` of a run is fixed by the seed alone, so a resumed run sees exactly the data an
 uninterrupted run would:
   * epoch e visits the training set in the order `epoch_order(seed, e, n)` (a numpy permutation),
     batch b of it holds positions [b*B, (b+1)*B) (the last partial batch is dropped);
   * image i of global batch `step` is mean-subtracted, then randomly cropped and flipped with the
-    numpy generator seeded by (seed, step, i), whichever process or device it lands on.
+    numpy generator seeded by (seed, step, i), whichever process, worker or device it lands on.
 Evaluation takes the center crop or the 10 crops (corners + center, with flips) of every image.
-Batches are assembled on host threads a few steps ahead of the device.
+
+Each process reads only its contiguous B / process_count images of every global batch (`shard`).
+The records are a `grain.MapDataset` (one decoded, augmented image each), batched per process;
+`loader` turns one into an iterator that decodes on `config.grain_workers` worker processes (0: read
+threads of this process) ahead of the device, and whose state `checkpoint.Manager` saves.
 """
 from __future__ import annotations
 
-import collections
-import concurrent.futures
 import dataclasses
 import functools
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
+import grain
+import ml_collections
 import numpy as np
+from absl import flags
 
 from zf_jax import data
 from zf_jax.data import preprocess
@@ -25,7 +30,7 @@ from zf_jax.data import preprocess
 
 @dataclasses.dataclass(frozen=True)
 class Datasets:
-  """The splits of a dataset as random-access sources of {"image": uint8 [H, W, 3], "label": int}.
+  """The splits of a dataset as random-access sources of {"image": uint8 [H, W, 3] or encoded bytes, "label": int}.
 
   Attributes:
     train, val: the sources (`len(source)`, `source[i]`).
@@ -46,79 +51,123 @@ def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
   return np.random.default_rng([seed, epoch]).permutation(n)
 
 
-def train_batch(datasets: Datasets, mean_image: np.ndarray, seed: int, step: int, batch_size: int, crop: int,
-                shard: tuple[int, int] = (0, 1)) -> tuple[np.ndarray, np.ndarray]:
-  """This process's part of global training batch `step`.
+def _local(batch_size: int, shard: tuple[int, int]) -> int:
+  index, count = shard
+  if batch_size % count or not 0 <= index < count:
+    raise ValueError(f"batch_size={batch_size} cannot be split into {count} equal process shares (shard={shard})")
+  return batch_size // count
+
+
+def train_example(datasets: Datasets, mean_image: np.ndarray, seed: int, batch_size: int, crop: int,
+                  shard: tuple[int, int], record: int) -> dict[str, np.ndarray]:
+  """Record `record` of this process: image i = index * B / count + record % (B / count) of batch record // (B / count).
+
+  Returns:
+    {"image": float32 [crop, crop, 3] mean-subtracted random crop (flipped or not), "label": int32 [],
+    "step": int32 [] the global step}.
+  """
+  local = _local(batch_size, shard)
+  step, j = divmod(record, local)
+  i = shard[0] * local + j
+  n = len(datasets.train)
+  epoch, batch = divmod(step, n // batch_size)
+  example = datasets.train[int(epoch_order(seed, epoch, n)[batch * batch_size + i])]
+  image = preprocess.subtract_mean(preprocess.resize_and_center_crop(example["image"], datasets.image_size),
+                                   mean_image)
+  image = preprocess.random_crop_flip(image[None], crop, np.random.default_rng([seed, step, i]))[0]
+  return {"image": image, "label": np.int32(example["label"]), "step": np.int32(step)}
+
+
+def train_dataset(datasets: Datasets, mean_image: np.ndarray, seed: int, batch_size: int, crop: int,
+                  num_steps: int, shard: tuple[int, int] = (0, 1)) -> grain.MapDataset:
+  """This process's parts of global training batches 0 .. num_steps - 1: element `step` is batch `step`.
 
   Args:
     datasets: the data.
     mean_image: float32 [S, S, 3].
     seed: the run's seed.
-    step: the global step (epoch = step // steps_per_epoch).
     batch_size: B, the global batch.
     crop: the model's input side (224 or 56).
+    num_steps: the run's length in steps.
     shard: (process index, process count); each process takes its contiguous B / count images.
 
   Returns:
-    float32 [B / count, crop, crop, 3] mean-subtracted random crops, int32 [B / count] labels.
+    A MapDataset of {"image": float32 [B / count, crop, crop, 3], "label": int32 [B / count],
+    "step": int32 [B / count]}.
   """
-  steps_per_epoch = len(datasets.train) // batch_size
-  epoch, batch = divmod(step, steps_per_epoch)
-  index, count = shard
-  local = batch_size // count
-  positions = range(index * local, (index + 1) * local)
-  order = epoch_order(seed, epoch, len(datasets.train))[batch * batch_size:(batch + 1) * batch_size]
-  images, labels = data.load_batch(datasets.train, order[positions.start:positions.stop], datasets.image_size)
-  images = preprocess.subtract_mean(images, mean_image)
-  crops = [preprocess.random_crop_flip(images[j:j + 1], crop, np.random.default_rng([seed, step, i]))
-           for j, i in enumerate(positions)]
-  return np.concatenate(crops), labels
+  local = _local(batch_size, shard)
+  make = functools.partial(train_example, datasets, mean_image, seed, batch_size, crop, shard)
+  return grain.MapDataset.range(num_steps * local).map(make).batch(local, drop_remainder=True)
 
 
-def eval_batch(source: Any, image_size: int, mean_image: np.ndarray, start: int, batch_size: int, crop: int,
-               num_crops: int, shard: tuple[int, int] = (0, 1)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """This process's part of the evaluation batch of images [start, start + B), padded past the end.
+def train_batch(datasets: Datasets, mean_image: np.ndarray, seed: int, step: int, batch_size: int, crop: int,
+                shard: tuple[int, int] = (0, 1)) -> tuple[np.ndarray, np.ndarray]:
+  """This process's part of global training batch `step`: float32 [B / count, crop, crop, 3], int32 [B / count]."""
+  batch = train_dataset(datasets, mean_image, seed, batch_size, crop, step + 1, shard)[step]
+  return batch["image"], batch["label"]
+
+
+def eval_example(source: Any, image_size: int, mean_image: np.ndarray, batch_size: int, crop: int, num_crops: int,
+                 shard: tuple[int, int], record: int) -> dict[str, np.ndarray]:
+  """Record `record` of this process's evaluation images (image 0 stands in for padding past the end).
+
+  Returns:
+    {"image": float32 [num_crops, crop, crop, 3], "label": int32 [], "mask": bool [] (False on padding)}.
+  """
+  local = _local(batch_size, shard)
+  batch, j = divmod(record, local)
+  index = batch * batch_size + shard[0] * local + j
+  real = index < len(source)
+  example = source[int(index) if real else 0]
+  image = preprocess.subtract_mean(preprocess.resize_and_center_crop(example["image"], image_size), mean_image)
+  crops = preprocess.ten_crops(image[None], crop)[0] if num_crops == 10 else preprocess.center_crop(image, crop)[None]
+  return {"image": crops, "label": np.int32(example["label"]), "mask": np.bool_(real)}
+
+
+def eval_dataset(source: Any, image_size: int, mean_image: np.ndarray, batch_size: int, crop: int, num_crops: int,
+                 shard: tuple[int, int] = (0, 1)) -> grain.MapDataset:
+  """Every image of `source` once, in order, in batches of B (global; the last one padded).
 
   Args:
     source: the split to evaluate.
     image_size: S.
     mean_image: float32 [S, S, 3].
-    start: the batch's first image.
     batch_size: B images (global) per batch.
     crop: the model's input side.
     num_crops: 1 (center) or 10 (corners + center, with flips; section 3).
     shard: (process index, process count).
 
   Returns:
-    float32 [B / count, num_crops, crop, crop, 3], int32 labels [B / count], bool mask [B / count]
-    (False on padding).
+    A MapDataset of this process's parts: {"image": float32 [B / count, num_crops, crop, crop, 3],
+    "label": int32 [B / count], "mask": bool [B / count] (False on padding)}.
   """
-  index, count = shard
-  local = batch_size // count
-  ids = np.arange(start + index * local, start + (index + 1) * local)
-  mask = ids < len(source)
-  images, labels = data.load_batch(source, np.where(mask, ids, 0), image_size)
-  images = preprocess.subtract_mean(images, mean_image)
-  if num_crops == 10:
-    return preprocess.ten_crops(images, crop), labels, mask
-  return preprocess.center_crop(images, crop)[:, None], labels, mask
+  local = _local(batch_size, shard)
+  num_batches = -(-len(source) // batch_size)
+  make = functools.partial(eval_example, source, image_size, mean_image, batch_size, crop, num_crops, shard)
+  return grain.MapDataset.range(num_batches * local).map(make).batch(local)
 
 
-def prefetch(make: Callable[[Any], Any], args: Sequence[Any], depth: int = 3, workers: int = 2) -> Iterator[Any]:
-  """Yields make(a) for each a in args, computed on `workers` threads up to `depth` items ahead."""
-  with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-    pending: collections.deque = collections.deque()
-    for arg in args:
-      pending.append(pool.submit(make, arg))
-      if len(pending) >= depth:
-        yield pending.popleft().result()
-    while pending:
-      yield pending.popleft().result()
+def loader(dataset: grain.MapDataset, config: ml_collections.ConfigDict) -> grain.DatasetIterator:
+  """An iterator over `dataset` that reads ahead: `config.grain_workers` worker processes (0: none),
+  each with `config.grain_read_threads` threads and `config.grain_prefetch` elements buffered.
+
+  Its `get_state()`/`set_state()` give and take the position (saved in checkpoints).
+  """
+  read = grain.ReadOptions(num_threads=config.grain_read_threads, prefetch_buffer_size=config.grain_prefetch)
+  iterable = dataset.to_iter_dataset(read)
+  if config.grain_workers:
+    if not flags.FLAGS.is_parsed():  # Grain's worker processes read absl flags: defaults outside absl.app.run
+      flags.FLAGS.mark_as_parsed()
+    iterable = iterable.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.grain_workers,
+                                                                  per_worker_buffer_size=config.grain_prefetch))
+  return iter(iterable)
 
 
 def load_datasets(config: Any) -> Datasets:
   """The config.train_split and config.val_split of config.dataset (TFDS, prepared in config.data_dir
   on first use from config.manual_dir where the dataset needs local files), at config.image_size."""
   train = data.get_dataset(config.dataset, config.train_split, config.data_dir, config.manual_dir)
+  train = data.few_shot.from_config(train, config)  # config.train_per_class images per class (section 5.2); 0 = all
   val = data.get_dataset(config.dataset, config.val_split, config.data_dir, config.manual_dir)
-  return Datasets(train.source, val.source, train.num_classes, train.class_names, config.image_size)
+  return Datasets(data.encoded(train.source), data.encoded(val.source), train.num_classes, train.class_names,
+                  config.image_size)

@@ -93,6 +93,27 @@ def max_pool(x: jax.Array, window: int, stride: int, padding: Padding) -> tuple[
   return pooled, switches
 
 
+def ceil_mode_padding(size: int, window: int, stride: int, pad: int = 0) -> tuple[int, int]:
+  """The (low, high) padding of one axis that gives `max_pool` the windows of PyTorch's
+  `MaxPool2d(window, stride, pad, ceil_mode=True)` (pytorchcv's ZFNet and AlexNet pool this way).
+
+  Ceil mode adds a last, partial window when the input does not end on one, unless it would start
+  in the high padding; that window becomes extra -inf padding at the high end, so switches stay exact.
+
+  Args:
+    size: the input's side on this axis.
+    window, stride, pad: the pool's (pad on both ends).
+
+  Returns:
+    (pad, high) with high >= 0: `max_pool` then gives ceil((size + 2 pad - window) / stride) + 1
+    windows (one fewer where the last would start past size + pad), as PyTorch does.
+  """
+  count = -(-(size + 2 * pad - window) // stride) + 1
+  if (count - 1) * stride >= size + pad:
+    count -= 1
+  return pad, max(0, (count - 1) * stride + window - size - pad)
+
+
 def switch_positions(switches: jax.Array, window: int, stride: int,
                      padding: Padding) -> tuple[jax.Array, jax.Array]:
   """Absolute (row, column) in the pooling input of every recorded maximum, each [B, Ho, Wo, C]."""

@@ -182,6 +182,26 @@ def alexnet64() -> Arch:
       pools=[_pad(0, 1), _pad(0, 1), _pad(0, 1)], fc=512)
 
 
+def vgg16() -> Arch:
+  """Simonyan & Zisserman (2015) configuration D: the network most deconvnet and guided-backprop pictures
+  are made with (torchvision's `vgg16` layout).
+
+  13 conv 3x3 stride 1 padding 1 + ReLU in five blocks of 64, 128, 256, 512, 512 maps, each block ended by
+  a 2x2/2 max-pool with switches; fc 4096, 4096, 1000. Layers are numbered through: conv1..conv13 are
+  VGG's conv1_1..conv5_3, pool1..pool5 end the blocks. Maps of 224, 112, 56, 28, 14; 7*7*512 = 25088
+  into fc6.
+  """
+  blocks = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
+  body, n = [], 0
+  for block, widths in enumerate(blocks, start=1):
+    for width in widths:
+      n += 1
+      body.append(Conv(f"conv{n}", width, 3, 1, _pad(1)))
+    body.append(Pool(f"pool{block}", window=2, stride=2))
+  return Arch("vgg16", 224, (*body, Dense("fc6", 4096, dropout=0.5), Dense("fc7", 4096, dropout=0.5),
+                             Dense("fc8", 1000, relu=False)))
+
+
 def ablate(arch: Arch, remove: tuple[str, ...] = (), features: Mapping[str, int] | None = None,
            name: str | None = None) -> Arch:
   """A variant of `arch` for the ablations of section 5.1 (Tables 2 and 3).
@@ -197,16 +217,21 @@ def ablate(arch: Arch, remove: tuple[str, ...] = (), features: Mapping[str, int]
     A new `Arch`.
   """
   features = dict(features or {})
+  hidden = [layer.name for layer in arch.layers[:-1] if isinstance(layer, (Conv, Dense))]
   for layer_name in (*remove, *features):
-    layer = arch.layer(layer_name)
-    if not isinstance(layer, (Conv, Dense)) or layer_name == arch.layers[-1].name:
-      raise ValueError(f"ablate: {layer_name!r} is not a hidden conv or fc layer of {arch.name!r}")
+    if layer_name not in hidden:
+      raise ValueError(f"ablate: {layer_name!r} is not a hidden conv or fc layer of {arch.name!r}; "
+                       f"allowed: {', '.join(hidden)}")
+  for layer_name, width in features.items():
+    if isinstance(width, bool) or not isinstance(width, (int, np.integer)) or width < 1:
+      raise ValueError(f"ablate: features[{layer_name!r}]={width!r} is not allowed; allowed: an int >= 1")
   new_layers = tuple(dataclasses.replace(layer, features=features[layer.name]) if layer.name in features
                      else layer for layer in arch.layers if layer.name not in remove)
   return Arch(name or f"{arch.name}-ablated", arch.input_size, new_layers)
 
 
 _BASE = {"zfnet": zfnet, "alexnet": alexnet, "zfnet64": zfnet64, "alexnet64": alexnet64}
+_OTHERS = {"vgg16": vgg16}  # no Table 3 ablations
 
 # Table 3's rows, for either input size: (removed layers, new widths).
 _ABLATIONS = {
@@ -220,19 +245,25 @@ _ABLATIONS = {
     "wide-conv345-fc-double": ((), {"conv3": 4 / 3, "conv4": 8 / 3, "conv5": 2, "fc6": 2, "fc7": 2}),
 }
 
-ARCH_NAMES = tuple(_BASE) + tuple(f"{base}-{ablation}" for base in _BASE for ablation in _ABLATIONS)
+ARCH_NAMES = tuple(_BASE) + tuple(f"{base}-{ablation}" for base in _BASE for ablation in _ABLATIONS) + tuple(_OTHERS)
 
 
-@functools.cache
 def get_arch(name: str) -> Arch:
   """An architecture by name: a base ("zfnet", "alexnet", "zfnet64", "alexnet64") or a Table 3
-  ablation of one, "<base>-<ablation>" (e.g. "zfnet-no-conv34", "zfnet64-wide-conv345").
+  ablation of one, "<base>-<ablation>" (e.g. "zfnet-no-conv34", "zfnet64-wide-conv345"), or "vgg16".
 
   Widths of the ablations scale the base: "wide-conv345" makes zfnet's 384/384/256 into the paper's
   512/1024/512, "fc-double" makes 4096 into 8192.
   """
-  if name in _BASE:
-    return _BASE[name]()
+  if not isinstance(name, str):
+    raise ValueError(f"arch={name!r} is not a name; allowed: {', '.join(ARCH_NAMES)}")
+  return _named_arch(name)
+
+
+@functools.cache
+def _named_arch(name: str) -> Arch:
+  if name in _BASE or name in _OTHERS:
+    return (_BASE | _OTHERS)[name]()
   for base, make in _BASE.items():
     ablation = name[len(base) + 1:] if name.startswith(base + "-") else None
     if ablation in _ABLATIONS:
@@ -257,25 +288,70 @@ def init_params(arch: Arch, key: jax.Array, num_classes: int = 1000, weight_std:
   Returns:
     {layer: {"kernel": HWIO or [in, out], "bias": [out]}} for every conv and fc layer.
   """
-  if num_classes < 1:
-    raise ValueError(f"num_classes={num_classes} must be >= 1")
   params: Params = {}
-  channels = 3
-  shapes = arch.shapes()
-  keys = jax.random.split(key, len(arch.layers))
-  for i, (layer, layer_key) in enumerate(zip(arch.layers, keys)):
+  all_shapes = param_shapes(arch, num_classes)
+  keys = dict(zip(arch.layer_names, jax.random.split(key, len(arch.layers))))
+  for name, shapes in all_shapes.items():
+    params[name] = {
+        "kernel": _per_layer(weight_std, name, 0.01) * jax.random.normal(keys[name], shapes["kernel"], jnp.float32),
+        "bias": jnp.full(shapes["bias"], _per_layer(bias, name, 0.0), jnp.float32)}
+  return params
+
+
+def param_shapes(arch: Arch, num_classes: int) -> dict[str, dict[str, tuple[int, ...]]]:
+  """{layer: {"kernel": HWIO (k, k, in, out) or (in, out), "bias": (out,)}} for every conv and fc layer."""
+  if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
+    raise ValueError(f"num_classes={num_classes!r} is not allowed; allowed: an int >= 1")
+  shapes, out, channels = arch.shapes(), {}, 3
+  for i, layer in enumerate(arch.layers):
     if isinstance(layer, Conv):
-      shape = (layer.kernel, layer.kernel, channels, layer.features)
+      kernel = (layer.kernel, layer.kernel, channels, layer.features)
     elif isinstance(layer, Dense):
-      fan_in = int(np.prod(shapes[arch.layers[i - 1].name]))
-      shape = (fan_in, num_classes if layer is arch.layers[-1] else layer.features)
+      kernel = (int(np.prod(shapes[arch.layers[i - 1].name])), int(num_classes) if layer is arch.layers[-1]
+                else layer.features)
     else:
       continue
-    params[layer.name] = {
-        "kernel": _per_layer(weight_std, layer.name, 0.01) * jax.random.normal(layer_key, shape, jnp.float32),
-        "bias": jnp.full((shape[-1],), _per_layer(bias, layer.name, 0.0), jnp.float32)}
-    channels = shape[-1]
-  return params
+    out[layer.name] = {"kernel": kernel, "bias": kernel[-1:]}
+    channels = kernel[-1]
+  return out
+
+
+def check_params(arch: Arch, params: Any) -> int:
+  """Raises one ValueError unless `params` has exactly the layers of `arch`, each a float "kernel" and
+  "bias" of the shapes `param_shapes` gives (the classifier's width, num_classes, read from fc8).
+
+  Only shapes are read, so it also holds under `jax.jit` (and costs nothing there: shapes are static).
+
+  Returns:
+    num_classes.
+  """
+  names = [layer.name for layer in arch.layers if isinstance(layer, (Conv, Dense))]
+  if not isinstance(params, Mapping):
+    raise ValueError(f"params is a {type(params).__name__}; arch {arch.name!r} takes a dict of layers "
+                     f"{', '.join(names)}, each {{'kernel', 'bias'}}")
+  missing, extra = [n for n in names if n not in params], sorted(set(params) - set(names), key=str)
+  if missing or extra:
+    raise ValueError(f"params has layers {', '.join(map(str, params))}; arch {arch.name!r} takes exactly "
+                     f"{', '.join(names)} (missing: {', '.join(missing) or '-'}; unknown: "
+                     f"{', '.join(map(str, extra)) or '-'})")
+  for name in names:
+    if not isinstance(params[name], Mapping) or set(params[name]) != {"kernel", "bias"}:
+      found = sorted(params[name]) if isinstance(params[name], Mapping) else type(params[name]).__name__
+      raise ValueError(f"params[{name!r}] holds {found}; allowed: exactly 'kernel' and 'bias'")
+  last = params[names[-1]]["kernel"]
+  num_classes = int(last.shape[-1]) if getattr(last, "ndim", 0) == 2 else 0
+  expected = param_shapes(arch, max(num_classes, 1))
+  for name in names:
+    for part in ("kernel", "bias"):
+      value, want = params[name][part], expected[name][part]
+      shape, dtype = tuple(getattr(value, "shape", ())), getattr(value, "dtype", None)
+      if shape != want or dtype is None or not jnp.issubdtype(dtype, jnp.floating) \
+          or (name == names[-1] and not num_classes):
+        if name == names[-1]:  # the classifier: any number of classes C >= 1, the same in kernel and bias
+          want = f"({want[0]}, C) with C >= 1 classes" if part == "kernel" else f"({num_classes},), as the kernel's C"
+        raise ValueError(f"params[{name!r}][{part!r}] has shape {shape} and dtype {dtype}; arch {arch.name!r} "
+                         f"expects float {want}")
+  return num_classes
 
 
 def _per_layer(value: float | Mapping[str, float], name: str, default: float) -> float:
@@ -307,12 +383,24 @@ def check_images(arch: Arch, images: Any) -> None:
     raise ValueError(f"images has shape {tuple(shape)}; {arch.name!r} takes {want}")
   if not jnp.issubdtype(dtype, jnp.floating):
     raise ValueError(f"images has dtype {dtype}; {arch.name!r} takes {want} (mean-subtracted pixels)")
+  if isinstance(images, jax.core.Tracer):
+    return  # values only known at run time (under jax.jit): NaN/Inf pixels then give NaN logits
+  finite = np.isfinite(images).all(axis=(1, 2, 3)) if isinstance(images, np.ndarray) \
+      else np.asarray(jnp.isfinite(images).all(axis=(1, 2, 3)))
+  if not finite.all():
+    bad = np.flatnonzero(~finite)
+    raise ValueError(f"images {', '.join(map(str, bad[:5]))}{' ...' if len(bad) > 5 else ''} of {shape[0]} hold "
+                     "NaN or Inf; allowed: finite pixels")
 
 
-@functools.partial(jax.jit, static_argnames=("arch", "train"))
 def forward(arch: Arch, params: Params, images: jax.Array, train: bool = False,
             rng: jax.Array | None = None) -> tuple[jax.Array, Trace]:
   """The convnet (section 2): images -> logits, recording activations and pooling switches.
+
+  Jitted (`arch` and `train` static). Bad input raises one ValueError: images not float [B, S, S, 3]
+  (`check_images`), params not of `arch` (`check_params`: every layer and shape). NaN or Inf pixels
+  are refused when the images are concrete; under an outer `jax.jit` their values are unknown and
+  give NaN logits: call `check_images(arch, images)` outside the jit to check them.
 
   Args:
     arch: the architecture (static).
@@ -325,9 +413,16 @@ def forward(arch: Arch, params: Params, images: jax.Array, train: bool = False,
     logits [B, C] and the `Trace`.
   """
   check_images(arch, images)
+  check_params(arch, params)
   if train and rng is None and any(isinstance(l, Dense) and l.dropout for l in arch.layers):
     raise ValueError("forward(train=True) applies dropout and needs rng=jax.random.key(...)")
-  x = images.astype(jnp.float32)
+  return _forward(arch, params, images, train, rng)
+
+
+@functools.partial(jax.jit, static_argnames=("arch", "train"))
+def _forward(arch: Arch, params: Params, images: jax.Array, train: bool,
+             rng: jax.Array | None) -> tuple[jax.Array, Trace]:
+  x = images.astype(jax.tree.leaves(params)[0].dtype)  # float32, or bfloat16 params for bf16 compute
   activations, switches = {}, {}
   for layer in arch.layers:
     if isinstance(layer, Conv):

@@ -1,19 +1,20 @@
 """The analyses' output folder: written whole or not at all, with an index.html over its figures.
 
 `staged(out)` gives a fresh folder beside `out` to write into; only when every figure and number
-has been written are the files moved into `out`, so a failure leaves `out` as it was. `write_index`
+has been written does `out` switch to it, in one rename, so a failure or a kill leaves `out` as it was. `write_index`
 builds index.html from sections (figures as PNG files, numbers as JSON files) so the report links
 every figure with its numbers and the command that made it.
 """
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import html
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from typing import Iterator, Sequence
 
 from zf_jax.analysis import common
@@ -39,18 +40,86 @@ class Section:
 
 @contextlib.contextmanager
 def staged(out: str) -> Iterator[str]:
-  """Yields an empty folder beside `out`; its files move into `out` only if the block succeeds."""
-  out = os.path.abspath(out)
-  parent = os.path.dirname(out)
+  """Yields an empty folder beside `out` to write into; `out` switches to the new files in one step.
+
+  Only if the block succeeds, the files of the old `out` that were not written again are hard-linked
+  into the staging folder, which then takes the place of `out` in one atomic rename (an exchange of
+  the two folders where `out` exists: Linux renameat2). So `out` is always all old or all new, also
+  when the process is killed. Staging folders left by killed runs (`.OUT.tmp-<pid>-*` of a process
+  that no longer runs) are removed first. Folders and files get the usual modes (umask applied).
+
+  Raises:
+    ValueError: `out` exists and is not a folder (before anything is written).
+  """
+  out = os.path.realpath(out)  # a symlinked --out: switch the folder it points to
+  parent, name = os.path.split(out)
   os.makedirs(parent, exist_ok=True)
-  stage = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(out)}.tmp-")
+  if os.path.exists(out) and not os.path.isdir(out):
+    raise ValueError(f"out={out!r} is a file; allowed: a folder (new or existing)")
+  _remove_stale_stages(parent, name, out)
+  stage = os.path.join(parent, f".{name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+  os.mkdir(stage)  # 0777 less the umask
   try:
     yield stage
-    os.makedirs(out, exist_ok=True)
-    for name in sorted(os.listdir(stage)):
-      os.replace(os.path.join(stage, name), os.path.join(out, name))
+    if os.path.isdir(out):
+      os.chmod(stage, os.stat(out).st_mode & 0o7777)
+      for entry in sorted(set(os.listdir(out)) - set(os.listdir(stage))):
+        _link(os.path.join(out, entry), os.path.join(stage, entry))
+      _exchange(stage, out)  # the old out is now at `stage`, removed below
+    else:
+      os.rename(stage, out)
   finally:
     shutil.rmtree(stage, ignore_errors=True)
+
+
+def _link(source: str, target: str) -> None:
+  """Hard links (copies where the file system cannot link) a file or folder tree."""
+  if os.path.isdir(source) and not os.path.islink(source):
+    shutil.copytree(source, target, symlinks=True, copy_function=_link)
+    return
+  try:
+    os.link(source, target, follow_symlinks=False)
+  except OSError:
+    shutil.copy2(source, target, follow_symlinks=False)
+
+
+def _exchange(a: str, b: str) -> None:
+  """Swaps two folders atomically (renameat2 RENAME_EXCHANGE); elsewhere two renames, `b` absent between."""
+  libc = ctypes.CDLL(None, use_errno=True)
+  renameat2 = getattr(libc, "renameat2", None)
+  at_fdcwd, rename_exchange = -100, 2
+  if renameat2 is not None and renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+    return
+  os.rename(b, a + ".old")
+  os.rename(a, b)
+  os.rename(a + ".old", a)
+
+
+def _remove_stale_stages(parent: str, name: str, out: str) -> None:
+  """Removes `.NAME.tmp-<pid>-*` folders of processes that have ended (restoring an old `out` that a
+  killed two-rename `_exchange` left aside)."""
+  prefix = f".{name}.tmp-"
+  for entry in os.listdir(parent):
+    if not entry.startswith(prefix):
+      continue
+    pid = entry[len(prefix):].split("-")[0]
+    if pid.isdigit() and _alive(int(pid)):
+      continue
+    path = os.path.join(parent, entry)
+    if entry.endswith(".old") and not os.path.exists(out):
+      os.rename(path, out)
+    else:
+      shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  return pid != 0
 
 
 def _section_html(folder: str, section: Section) -> str:

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
+import os
 import time
 from typing import Any, Mapping
 
@@ -75,18 +77,19 @@ def anneal_on_plateau(state: Mapping[str, float], val_error: float, learning_rat
   Returns:
     (new state, new learning rate): the rate divided by plateau_factor (not below
     min_learning_rate) after plateau_patience epochs in a row without val_error < best - min_delta.
-    A plateau reached with the rate already at min_learning_rate sets state["converged"] = True:
-    the rule has nothing left to try (train_and_evaluate stops there if config.stop_when_converged).
+    A plateau reached with the rate already at min_learning_rate sets state["converged"] = True
+    (it stays set until an improvement): the rule has nothing left to try (train_and_evaluate stops there if config.stop_when_converged).
   """
   best, bad = state.get("best_error", float("inf")), int(state.get("bad_epochs", 0))
   if val_error < best - config.plateau_min_delta:
     return {"best_error": val_error, "bad_epochs": 0}, learning_rate
   bad += 1
+  converged = bool(state.get("converged", False))
   if bad >= config.plateau_patience:
-    converged = learning_rate <= config.min_learning_rate
+    converged = converged or learning_rate <= config.min_learning_rate
     return ({"best_error": best, "bad_epochs": 0, "converged": converged},
             max(learning_rate / config.plateau_factor, config.min_learning_rate))
-  return {"best_error": best, "bad_epochs": bad}, learning_rate
+  return {"best_error": best, "bad_epochs": bad, "converged": converged}, learning_rate
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
@@ -147,21 +150,25 @@ def per_layer_values(config: ml_collections.ConfigDict, arch: models.Arch, name:
 
 def train_step(arch: models.Arch, tx: optax.GradientTransformation, radius: float, params: Params,
                opt_state: Any, images: jax.Array, labels: jax.Array, step: jax.Array,
-               key: jax.Array) -> tuple[Params, Any, dict[str, jax.Array]]:
+               key: jax.Array, compute_dtype: Any = jnp.float32) -> tuple[Params, Any, dict[str, jax.Array]]:
   """One SGD step on a batch, then feature scale clipping (section 3).
 
   Args:
     arch, tx, radius: the model, optimizer and clipping radius (0: no clipping); static.
-    params, opt_state: the state.
+    params, opt_state: the state (float32, whatever compute_dtype).
     images: float32 [B, S, S, 3] mean-subtracted crops; labels: int32 [B].
     step: the global step (int32 []), folded into `key` for dropout.
     key: the run's base key.
+    compute_dtype: of the forward and backward passes (activations, convolutions: float32 or bfloat16);
+      the parameters are cast to it inside the step, the loss and softmax stay float32.
 
   Returns:
     new params, new opt_state and {"loss", "accuracy"} of the batch (before the update).
   """
   def loss_fn(p):
-    logits, _ = models.forward(arch, p, images, train=True, rng=jax.random.fold_in(key, step))
+    p, x = jax.tree.map(lambda a: a.astype(compute_dtype), (p, images))
+    logits, _ = models.forward(arch, p, x, train=True, rng=jax.random.fold_in(key, step))
+    logits = logits.astype(jnp.float32)
     return optax.losses.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), logits
   (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
   updates, opt_state = tx.update(grads, opt_state, params)
@@ -172,24 +179,59 @@ def train_step(arch: models.Arch, tx: optax.GradientTransformation, radius: floa
 
 
 def eval_step(arch: models.Arch, params: Params, crops: jax.Array, labels: jax.Array,
-              mask: jax.Array) -> jax.Array:
+              mask: jax.Array, compute_dtype: Any = jnp.float32) -> jax.Array:
   """Top-1 and top-5 hits of a batch, softmax averaged over each image's crops (section 3).
 
   Args:
     crops: float32 [B, N, S, S, 3] (N = 1 or 10 crops per image); labels int32 [B]; mask bool [B].
+    compute_dtype: of the forward pass (see `train_step`); the softmax is float32.
 
   Returns:
     int32 [3]: (top-1 hits, top-5 hits, images) among the unmasked.
   """
   b, n = crops.shape[:2]
+  params, crops = jax.tree.map(lambda a: a.astype(compute_dtype), (params, crops))
   logits, _ = models.forward(arch, params, crops.reshape(b * n, *crops.shape[2:]))
-  probs = jax.nn.softmax(logits).reshape(b, n, -1).mean(axis=1)
+  probs = jax.nn.softmax(logits.astype(jnp.float32)).reshape(b, n, -1).mean(axis=1)
   _, top = jax.lax.top_k(probs, min(5, probs.shape[-1]))
   hits = top == labels[:, None]
   return jnp.stack([jnp.sum(hits[:, 0] & mask), jnp.sum(hits.any(-1) & mask), jnp.sum(mask)]).astype(jnp.int32)
 
 
-def _check_config(config: ml_collections.ConfigDict, arch: models.Arch) -> None:
+# (key, test, what is allowed): numbers a config must hold, checked before anything is read or written.
+_CONFIG_RULES = (
+    ("num_epochs", lambda v: v >= 1, "an int >= 1"),
+    ("learning_rate", lambda v: np.isfinite(v) and v > 0, "a finite number > 0 (the paper: 1e-2)"),
+    ("min_learning_rate", lambda v: np.isfinite(v) and v >= 0, "a finite number >= 0"),
+    ("momentum", lambda v: 0 <= v < 1, "0 <= momentum < 1 (the paper: 0.9)"),
+    ("weight_decay", lambda v: np.isfinite(v) and v >= 0, "a finite number >= 0"),
+    ("weight_std", lambda v: np.isfinite(v) and v > 0, "a finite number > 0 (the paper: 1e-2)"),
+    ("filter_rms_radius", lambda v: np.isfinite(v) and v >= 0, "a finite number >= 0 (0: no clipping)"),
+    ("plateau_patience", lambda v: v >= 1, "an int >= 1"),
+    ("plateau_factor", lambda v: np.isfinite(v) and v > 1, "a finite number > 1"),
+    ("plateau_min_delta", lambda v: np.isfinite(v) and v >= 0, "a finite number >= 0"),
+    ("log_every_steps", lambda v: v >= 1, "an int >= 1"),
+    ("checkpoint_every_steps", lambda v: v >= 0, "an int >= 0 (0: at epoch ends only)"),
+)
+ABSURD_LEARNING_RATE = 1.0  # 100 x the paper's 1e-2: a warning (the loss is bound to diverge), not an error
+
+
+def check_config(config: ml_collections.ConfigDict, arch: models.Arch) -> None:
+  """Raises one ValueError naming the first config value that cannot work, and what is allowed; logs a
+  warning for an absurd learning rate. Reads nothing and writes nothing (train_and_evaluate calls it first)."""
+  for name, valid, allowed in _CONFIG_RULES:
+    value = config.get(name)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not valid(value)):
+      raise ValueError(f"{name}={value!r} is not allowed; allowed: {allowed}")
+  if config.min_learning_rate > config.learning_rate:
+    raise ValueError(f"min_learning_rate={config.min_learning_rate:g} is above learning_rate={config.learning_rate:g}; "
+                     "allowed: min_learning_rate <= learning_rate")
+  if config.learning_rate > ABSURD_LEARNING_RATE:
+    logging.warning("learning_rate=%g is more than %g (the paper uses 1e-2): expect the loss to diverge",
+                    config.learning_rate, ABSURD_LEARNING_RATE)
+  bad_epochs = [e for e in config.keep_epochs if isinstance(e, bool) or not isinstance(e, int) or e < 1]
+  if bad_epochs:
+    raise ValueError(f"keep_epochs holds {bad_epochs}; allowed: ints >= 1 (epochs whose checkpoints are kept)")
   want = data.image_size_for(arch)
   if config.image_size != want:
     raise ValueError(f"image_size={config.image_size} does not match arch {config.arch!r}, which takes "
@@ -200,6 +242,25 @@ def _check_config(config: ml_collections.ConfigDict, arch: models.Arch) -> None:
       raise ValueError(f"{name}={config[name]} is not divisible by the {devices} devices; use a multiple of {devices}")
   if config.eval_crops not in (1, 10):
     raise ValueError(f"eval_crops={config.eval_crops}; allowed: 1 (center) or 10 (corners + center, with flips)")
+  if config.compute_dtype not in ("float32", "bfloat16"):
+    raise ValueError(f"compute_dtype={config.compute_dtype!r}; allowed: 'float32' or 'bfloat16'")
+  for name, least in (("grain_workers", 0), ("grain_read_threads", 1), ("grain_prefetch", 1)):
+    if isinstance(config[name], bool) or not isinstance(config[name], int) or config[name] < least:
+      raise ValueError(f"{name}={config[name]!r} is not allowed; allowed: an int >= {least}")
+
+
+def check_workdir_path(workdir: str) -> None:
+  """Raises one ValueError unless `workdir` is a folder, or can be made one, that this process can write."""
+  path = os.path.abspath(workdir)
+  existing = path
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  allowed = "allowed: a writable folder (new, or a previous run's to resume)"
+  if not os.path.isdir(existing):
+    what = "is a file" if existing == path else f"cannot be created: {existing} is a file"
+    raise ValueError(f"workdir={workdir!r} {what}; {allowed}")
+  if not os.access(existing, os.W_OK | os.X_OK):
+    raise ValueError(f"workdir={workdir!r} is not writable ({existing}: permission denied); {allowed}")
 
 
 def _check_workdir(meta: Mapping[str, Any] | None, arch: models.Arch, num_classes: int, workdir: str) -> None:
@@ -208,6 +269,47 @@ def _check_workdir(meta: Mapping[str, Any] | None, arch: models.Arch, num_classe
   if checkpoint.arch_from_dict(meta["arch"]) != arch or meta["num_classes"] != num_classes:
     raise ValueError(f"workdir={workdir!r} holds a checkpoint of arch {meta['arch']['name']!r} with "
                      f"{meta['num_classes']} classes, not {arch.name!r} with {num_classes}; use another --workdir")
+
+
+def _check_data(config: ml_collections.ConfigDict, datasets: input_pipeline.Datasets,
+                first_run: bool) -> np.ndarray | None:
+  """Before the first step: every validation image decodes (each run: an evaluation reads them all anyway),
+  and on a run's first start every training image too, in the pass that computes the mean image
+  (section 3), with every class present. Returns that mean image (None when resuming: the checkpoint
+  has it).
+  """
+  progress = jax.process_index() == 0
+  data.checks.scan_split(datasets.val, f"val_split={config.val_split!r} of {config.dataset!r}",
+                         datasets.num_classes, datasets.image_size, progress=progress)
+  if not first_run:
+    return None
+  what = f"train_split={config.train_split!r} of {config.dataset!r}"
+  logging.info("Checking the %d training images and computing their mean image", len(datasets.train))
+  scan = data.checks.scan_split(datasets.train, what, datasets.num_classes, datasets.image_size, mean=True,
+                                progress=progress)
+  data.checks.check_classes(scan.counts, datasets.class_names, what,
+                            whole="[" not in config.train_split and not config.get("train_per_class"))
+  return scan.mean_image
+
+
+def resume_summary(meta: Mapping[str, Any], config: ml_collections.ConfigDict, step: int,
+                   learning_rate: float) -> str:
+  """One line: what a resumed run keeps from its checkpoint and what it takes from the command.
+
+  Kept: params, the optimizer state with its learning rate (which the plateau rule may have lowered,
+  so the command's learning_rate is not used), the mean image and the plateau state. Everything else
+  comes from the command; the line lists the keys that differ from the checkpoint's config
+  (initialisation keys then have no effect).
+  """
+  old = meta.get("config", {})
+  init_only = ("weight_std", "layer_weight_std", "bias_init", "layer_bias_init")
+  taken = [f"{k}={v!r} (was {old[k]!r}{', unused after initialisation' if k in init_only else ''})"
+           for k, v in config.to_dict().items() if k in old and old[k] != v and k != "learning_rate"]
+  rate = f"learning rate {learning_rate:g}" + (f", not the command's {config.learning_rate:g}"
+                                               if learning_rate != config.learning_rate else "")
+  return (f"Resuming from step {step} (epoch {meta.get('epoch', 0):g}): kept from the checkpoint: params, optimizer "
+          f"state ({rate}), mean image, plateau state; taken from the command: "
+          f"{'; '.join(taken) if taken else 'the rest of the config, unchanged'}")
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
@@ -225,14 +327,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     NonFiniteLossError: the loss became NaN/inf (checkpoints so far are kept).
   """
   arch = build_arch(config)
-  _check_config(config, arch)
+  check_config(config, arch)
+  check_workdir_path(workdir)
   datasets = input_pipeline.load_datasets(config)
   steps_per_epoch = len(datasets.train) // config.batch_size
   if steps_per_epoch < 1:
-    raise ValueError(f"batch_size={config.batch_size} exceeds the {len(datasets.train)} training images")
+    raise ValueError(f"batch_size={config.batch_size} exceeds the {len(datasets.train)} images of "
+                     f"train_split={config.train_split!r}; allowed: 1..{len(datasets.train)}")
   num_steps = config.num_epochs * steps_per_epoch
   previous = checkpoint.read_meta(workdir)
   _check_workdir(previous, arch, datasets.num_classes, workdir)
+  checked_mean = _check_data(config, datasets, first_run=previous is None)
 
   mesh = Mesh(np.array(jax.devices()), ("data",))
   replicated, split = NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("data"))
@@ -246,25 +351,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   manager = checkpoint.Manager(workdir, keep_steps=[e * steps_per_epoch for e in config.keep_epochs])
   if previous is None:
     step, plateau, last = 0, {}, {}
-    logging.info("Computing the mean image over %d training images", len(datasets.train))
-    mean_image = data.compute_mean_image(datasets.train, datasets.image_size)
+    mean_image = checked_mean
   else:
     step = manager.latest_step()
     params, opt_state, extras, meta = manager.restore(step, params, opt_state)
     mean_image, plateau, last = extras["mean_image"], meta["plateau"], meta["metrics"]
-    logging.info("Resuming from step %d (epoch %.2f)", step, step / steps_per_epoch)
+    logging.info("%s", resume_summary(meta, config, step, get_learning_rate(opt_state)))
 
   def save(step: int) -> None:
     if not all(bool(jnp.isfinite(x).all()) for x in jax.tree.leaves(params)):
       raise NonFiniteLossError(f"parameters became non-finite before step {step}; stopped, "
                                f"the checkpoints in {checkpoint.checkpoint_dir(workdir)} are kept")
     meta = {"step": step, "epoch": step / steps_per_epoch, "steps_per_epoch": steps_per_epoch,
-            "data_position": {"seed": config.seed, "epoch": step // steps_per_epoch, "batch": step % steps_per_epoch},
+            "data_position": {"seed": config.seed, "epoch": step // steps_per_epoch, "batch": step % steps_per_epoch,
+                              "origin": origin, "grain_workers": config.grain_workers},
             "arch": checkpoint.arch_to_dict(arch), "num_classes": datasets.num_classes,
             "class_names": datasets.class_names, "image_size": datasets.image_size, "config": config.to_dict(),
             "plateau": plateau, "metrics": last}
     extras = {"mean_image": mean_image, "rng": np.asarray(jax.random.key_data(dropout_key))}
-    manager.save(step, params, opt_state, extras, meta)
+    manager.save(step, params, opt_state, extras, meta, batches)
     logging.info("Saved checkpoint at step %d", step)
 
   if step >= num_steps or _converged(config, plateau):
@@ -272,14 +377,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                  " (converged: the validation error plateaued at min_learning_rate)" * _converged(config, plateau))
     manager.close()
     return last
-  train_fn = jax.jit(functools.partial(train_step, arch, tx, config.filter_rms_radius), donate_argnums=(0, 1),
-                     out_shardings=(replicated, replicated, replicated))
-  eval_fn = jax.jit(functools.partial(eval_step, arch), out_shardings=replicated)
+  dtype = jnp.dtype(config.compute_dtype)
+  train_fn = jax.jit(functools.partial(train_step, arch, tx, config.filter_rms_radius, compute_dtype=dtype),
+                     donate_argnums=(0, 1), out_shardings=(replicated, replicated, replicated))
+  eval_fn = jax.jit(functools.partial(eval_step, arch, compute_dtype=dtype), out_shardings=replicated)
   to_device = functools.partial(jax.make_array_from_process_local_data, split)
   writer = metrics.Writer(workdir, step, enabled=jax.process_index() == 0)
-  make_batch = functools.partial(input_pipeline.train_batch, datasets, mean_image, config.seed,
-                                 batch_size=config.batch_size, crop=arch.input_size, shard=shard)
+  # Batches [origin, num_steps): the iterator's saved position counts from origin. Checkpoints from
+  # before Grain (or of another worker count) hold none, and restart the iterator at their step.
+  train_data = input_pipeline.train_dataset(datasets, mean_image, config.seed, config.batch_size, arch.input_size,
+                                            num_steps, shard)
+  position = (previous or {}).get("data_position", {})
+  resume_iterator = previous is not None and manager.has_data(step) and position.get("grain_workers") == \
+      config.grain_workers
+  origin = position["origin"] if resume_iterator else step
+  batches = input_pipeline.loader(train_data[origin:], config)
+  if resume_iterator:
+    manager.restore_data(step, batches)
   with contextlib.ExitStack() as stack:
+    stack.callback(batches.close)
     stack.callback(writer.close)
     stack.callback(manager.close)
     stack.callback(manager.wait)
@@ -289,9 +405,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       pending, tick, interval_start = [], time.time(), step
       with tqdm.tqdm(total=steps_per_epoch, initial=step - epoch * steps_per_epoch, unit="batch",
                      desc=f"epoch {epoch + 1}/{config.num_epochs}", disable=jax.process_index() != 0) as bar:
-        for images, labels in input_pipeline.prefetch(make_batch, range(step, end)):
-          params, opt_state, batch_metrics = train_fn(params, opt_state, to_device(images), to_device(labels),
-                                                      jnp.int32(step), dropout_key)
+        for batch in itertools.islice(batches, end - step):
+          if batch["step"][0] != step:
+            raise RuntimeError(f"the input iterator gave batch {batch['step'][0]} for step {step}")
+          params, opt_state, batch_metrics = train_fn(params, opt_state, to_device(batch["image"]),
+                                                      to_device(batch["label"]), np.int32(step), dropout_key)
           pending.append(batch_metrics)
           step += 1
           bar.update()
@@ -305,6 +423,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             pending, tick, interval_start = [], time.time(), step
           if config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0 and step != end:
             save(step)
+      if step != end:
+        raise RuntimeError(f"the input iterator ended at step {step}, before the epoch's end at step {end}")
       val = evaluate(eval_fn, params, datasets.val, datasets.image_size, mean_image, config, arch, split, shard)
       plateau, learning_rate = anneal_on_plateau(plateau, 1.0 - val["val_top1"], get_learning_rate(opt_state), config)
       if learning_rate != get_learning_rate(opt_state):
@@ -342,13 +462,15 @@ def _summarize(pending: list[dict[str, jax.Array]], step: int, steps_per_epoch: 
 def evaluate(eval_fn: Any, params: Params, source: Any, image_size: int, mean_image: np.ndarray,
              config: ml_collections.ConfigDict, arch: models.Arch, split: NamedSharding,
              shard: tuple[int, int]) -> dict[str, float]:
-  """Top-1/top-5 accuracy over a split with config.eval_crops crops per image (10: section 3)."""
-  make = functools.partial(input_pipeline.eval_batch, source, image_size, mean_image,
-                           batch_size=config.eval_batch_size, crop=arch.input_size,
-                           num_crops=config.eval_crops, shard=shard)
+  """Top-1/top-5 accuracy over a split with config.eval_crops crops per image (10: section 3), read through
+  the same Grain loader as training."""
+  dataset = input_pipeline.eval_dataset(source, image_size, mean_image, config.eval_batch_size, arch.input_size,
+                                        config.eval_crops, shard)
   to_device = functools.partial(jax.make_array_from_process_local_data, split)
   totals = jnp.zeros(3, jnp.int32)
-  for crops, labels, mask in input_pipeline.prefetch(make, range(0, len(source), config.eval_batch_size)):
-    totals = totals + eval_fn(params, to_device(crops), to_device(labels), to_device(mask))
+  batches = input_pipeline.loader(dataset, config)
+  for batch in batches:
+    totals = totals + eval_fn(params, to_device(batch["image"]), to_device(batch["label"]), to_device(batch["mask"]))
+  batches.close()
   top1, top5, count = np.asarray(jax.device_get(totals))
   return {"val_top1": float(top1 / count), "val_top5": float(top5 / count)}

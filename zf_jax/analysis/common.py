@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
+import secrets
 from typing import Any, Iterator
 
 import numpy as np
@@ -34,11 +34,14 @@ def to_display(pixels: np.ndarray, mean_image: np.ndarray | None = None) -> np.n
 
 @contextlib.contextmanager
 def atomic_path(path: str) -> Iterator[str]:
-  """Yields a temporary path beside `path`; renamed onto it only if the block succeeds."""
+  """Yields a temporary path beside `path`; renamed onto it only if the block succeeds.
+
+  The file is created as `open()` would create it, with mode 0666 less the umask (not mkstemp's 0600).
+  """
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.splitext(path)[1])
-  os.close(fd)
+  tmp = os.path.join(directory, f".tmp-{secrets.token_hex(8)}{os.path.splitext(path)[1]}")
+  os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
   try:
     yield tmp
     os.replace(tmp, path)
@@ -84,12 +87,13 @@ def read_image(source: str) -> np.ndarray:
       raise ValueError(f"image={source!r} is unknown; allowed skimage photos: astronaut, camera, cat, chelsea, "
                        "coffee, rocket")
     return preprocess.to_rgb(getattr(skimage.data, name)())
-  from PIL import Image, UnidentifiedImageError
+  from PIL import Image
   try:
     with Image.open(source) as image:
-      return np.asarray(image.convert("RGB"))
-  except (FileNotFoundError, IsADirectoryError, UnidentifiedImageError) as e:
-    raise ValueError(f"image={source!r} is not a readable image file ({type(e).__name__})") from None
+      return preprocess.pil_to_rgb(image)
+  except (OSError, ValueError) as e:  # missing, a folder, not an image, truncated ("image file is truncated")
+    raise ValueError(f"image={source!r} is not a readable image file ({type(e).__name__}: {e}); allowed: "
+                     "a complete PNG/JPEG (or another format PIL reads)") from None
 
 
 def mean_for_input(mean_image: Any, input_size: int) -> np.ndarray:

@@ -23,9 +23,22 @@ Parts files (`read_parts`) name the images and their part boxes, in the photo's 
   JSON: {"image": {"part": [y0, x0, y1, x1], ...}, ...}
   CSV:  a header `image,part,y0,x0,y1,x1`, then one row per box.
 Boxes are half-open (rows y0..y1-1, columns x0..x1-1). An image is a file path (relative to the
-parts file's folder, or absolute) or "skimage:NAME" (a scikit-image photo). A part need not be in
-every image, but needs at least two. `PARTS_DEMO` marks eyes and noses in three skimage photos
-(right/left are the subject's own).
+parts file's folder, or absolute), "skimage:NAME" (a scikit-image photo) or "tiny:NAME", a Tiny
+ImageNet image by its path in the shard layout (e.g. "tiny:val/n02085620/val_2124.JPEG"), read from
+`val.tar` (or the `train-*-of-*.tar` shards) of a Tiny ImageNet copy (`tiny_root`, e.g. the
+checkpoint's manual_dir). A part need not be in every image, but needs at least two. Right/left are
+the subject's own.
+
+  `PARTS_DEMO`: eyes and noses in three skimage photos.
+  `PARTS_TINY`: left eye, right eye and nose in 10 frontal animal faces (4 lions, 2 tabby cats,
+    4 Chihuahuas) of the Tiny ImageNet(-100) validation split, drawn by eye on the 64-px images.
+    A 56-px model sees the center crop (pixels 4..59); `load` moves and clips the boxes onto it
+    (all of these boxes lie inside it).
+
+Normalisation: the paper (section 4.3) defines Delta_l = sum_{i != j} H(sign eps_i, sign eps_j) over
+its 5 dog images and reports Table 1 as "mean feature sign change" +- std without stating a
+normalisation; zf_jax divides each pair's Hamming distance by the feature length F and reports the
+mean and std over pairs (`summary`'s "normalisation" and "paper_normalisation").
 """
 from __future__ import annotations
 
@@ -45,6 +58,12 @@ from zf_jax.analysis.occlusion import occlude
 from zf_jax.models import Arch, Params
 
 PARTS_DEMO = os.path.join(os.path.dirname(__file__), "parts_skimage.json")
+PARTS_TINY = os.path.join(os.path.dirname(__file__), "parts_tiny_imagenet.json")
+TINY_PREFIX = "tiny:"
+PAPER_NORMALISATION = ("Delta_l = sum over ordered pairs i != j of the Hamming distance between sign(eps_i) and "
+                       "sign(eps_j) (section 4.3, 5 dog images); Table 1 gives mean +- std without stating a "
+                       "normalisation. zf_jax: Hamming / F (feature length), mean and std over pairs i < j, i.e. "
+                       "Delta_l / (n (n - 1) F) for the mean")
 RANDOM = "random"
 
 Box = Sequence[int]
@@ -74,24 +93,62 @@ def read_parts(path: str) -> tuple[list[str], dict[str, list[Box | None]]]:
   parts: dict[str, list[Box | None]] = {part: [None] * len(sources) for _, part, _ in table}
   for image, part, box in table:
     parts[part][sources.index(image)] = box
-  resolved = [s if s.startswith("skimage:") or os.path.isabs(s) else os.path.join(folder, s) for s in sources]
+  resolved = [s if s.startswith(("skimage:", TINY_PREFIX)) or os.path.isabs(s) else os.path.join(folder, s)
+              for s in sources]
   return resolved, parts
 
 
-def load(path: str, input_size: int, image_size: int, mean_image: Any
+def read_tiny(names: Sequence[str], root: str | None) -> list[np.ndarray]:
+  """Tiny ImageNet images by their shard-layout paths ("val/<wnid>/val_<n>.JPEG", "train/...").
+
+  Args:
+    names: paths inside the shards, with or without the "tiny:" prefix.
+    root: a Tiny ImageNet shard directory (val.tar, train-*-of-*.tar), e.g. the checkpoint's manual_dir.
+
+  Returns:
+    uint8 [H, W, 3] per name.
+  """
+  import glob
+  import io
+  import tarfile
+  from PIL import Image
+  names = [n[len(TINY_PREFIX):] if n.startswith(TINY_PREFIX) else n for n in names]
+  if not root or not os.path.isfile(os.path.join(root, "val.tar")):
+    raise ValueError(f"parts_root={root!r} is not a Tiny ImageNet copy (no val.tar); pass the folder of val.tar "
+                     "and train-*-of-*.tar that tiny: images are read from")
+  wanted = set(names)
+  found: dict[str, np.ndarray] = {}
+  tars = [os.path.join(root, "val.tar")] * any(n.startswith("val/") for n in names)
+  tars += sorted(glob.glob(os.path.join(root, "train-*-of-*.tar"))) * any(not n.startswith("val/") for n in names)
+  for tar_path in tars:
+    with tarfile.open(tar_path) as tar:
+      for member in tar:
+        if member.name in wanted and member.name not in found:
+          with Image.open(io.BytesIO(tar.extractfile(member).read())) as image:
+            found[member.name] = np.asarray(image.convert("RGB"))
+  missing = [n for n in names if n not in found]
+  if missing:
+    raise ValueError(f"image {TINY_PREFIX}{missing[0]} is not in the Tiny ImageNet copy {root!r}")
+  return [found[n] for n in names]
+
+
+def load(path: str, input_size: int, image_size: int, mean_image: Any, tiny_root: str | None = None
          ) -> tuple[np.ndarray, dict[str, list[Box | None]], list[str]]:
   """Reads a parts file and its images, ready for `compute`.
 
   Args:
-    path: the parts file (e.g. `PARTS_DEMO`).
+    path: the parts file (e.g. `PARTS_DEMO`, `PARTS_TINY`).
     input_size, image_size, mean_image: as `common.prepare_images`.
+    tiny_root: the Tiny ImageNet copy that "tiny:" images are read from (see `read_tiny`).
 
   Returns:
     images float [N, S, S, 3] (mean-subtracted), parts {part: [box or None] per image} with boxes
-    moved onto the model input, and the image sources.
+    moved onto the model input (clipped to it), and the image sources.
   """
   sources, parts = read_parts(path)
-  photos = [common.read_image(s) for s in sources]
+  tiny = [s for s in sources if s.startswith(TINY_PREFIX)]
+  tiny_photos = dict(zip(tiny, read_tiny(tiny, tiny_root))) if tiny else {}
+  photos = [tiny_photos[s] if s in tiny_photos else common.read_image(s) for s in sources]
   images = common.prepare_images(photos, input_size, image_size, mean_image)
   moved: dict[str, list[Box | None]] = {}
   for part, boxes in parts.items():
@@ -272,11 +329,25 @@ def plot(result: Mapping[str, np.ndarray], path: str) -> None:
   common.save_figure(fig, path)
 
 
+def _below_random(result: Mapping[str, np.ndarray]) -> dict[str, Any]:
+  """Per layer: which parts score below the random boxes (the paper: all at layer 5, not at layer 7)."""
+  rows = [str(r) for r in result["rows"]]
+  if RANDOM not in rows:
+    return {}
+  random = result["mean"][rows.index(RANDOM)]
+  return {str(layer): {"parts": {row: bool(result["mean"][r, l] < random[l]) for r, row in enumerate(rows)
+                                 if row != RANDOM},
+                       "mean_parts_minus_random": float(np.mean([result["mean"][r, l] for r, row in enumerate(rows)
+                                                                 if row != RANDOM]) - random[l])}
+          for l, layer in enumerate(result["layers"])}
+
+
 def summary(result: Mapping[str, np.ndarray]) -> dict[str, Any]:
   """JSON-able Table 1: per row and layer the mean and std over pairs, the number of pairs and Delta."""
   layers = [str(l) for l in result["layers"]]
   return {"layers": layers, "feature_size": result["feature_size"].tolist(),
           "normalisation": "Hamming(sign eps_i, sign eps_j) / F, mean and std over image pairs i < j",
+          "paper_normalisation": PAPER_NORMALISATION, "parts_below_random": _below_random(result),
           "rows": {str(row): {layer: {"mean": float(result["mean"][r, l]), "std": float(result["std"][r, l]),
                                       "pairs": int(result[f"pairs/{row}"].shape[1]),
                                       "delta": float(result["delta"][r, l])}

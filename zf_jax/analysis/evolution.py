@@ -72,7 +72,8 @@ def compute(loaded_models: Iterable[checkpoint.Loaded], examples: Any, layers: S
     "layers" [L], "steps" [T], "epochs" [T], "num_images", and per layer "L/maps" int [M],
     "L/values" [M, T] (the strongest activation), "L/images" [M, T] (index into examples),
     "L/positions" [M, T, 2] (y, x), "L/projections" [M, T, P, P, 3] in [0, 1], cropped to the
-    receptive field (P its largest side).
+    receptive field (P its largest side), and over ALL maps of the layer (for `convergence`, no
+    projections) "L/all_images" int [C, T] and "L/all_values" [C, T].
   """
   from tqdm import tqdm
   examples = np.asarray(examples)
@@ -80,6 +81,7 @@ def compute(loaded_models: Iterable[checkpoint.Loaded], examples: Any, layers: S
     raise ValueError(f"examples has shape {examples.shape} and dtype {examples.dtype}; allowed: uint8 [N, R, R, 3]")
   columns: dict[str, list[dict[str, np.ndarray]]] = {}
   steps, epochs, chosen, arch = [], [], {}, None
+  every: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}  # per layer and checkpoint: all maps' winners
   for loaded in tqdm(loaded_models, desc="checkpoints", unit="ckpt", disable=not progress, leave=False):
     if arch is None:
       arch, layers = loaded.arch, topk.check_layers(loaded.arch, layers)
@@ -92,6 +94,7 @@ def compute(loaded_models: Iterable[checkpoint.Loaded], examples: Any, layers: S
     top = topk.scan(arch, loaded.params, inputs, layers, k=1, batch_size=batch_size)
     for layer in layers:
       c = chosen[layer]
+      every.setdefault(layer, []).append((top[layer]["image"][:, 0], top[layer]["value"][:, 0]))
       image, y, x = (top[layer][name][c, 0] for name in ("image", "y", "x"))
       pixels = topk.project_units(arch, loaded.params, inputs, layer, image, np.stack([c, y, x], 1), batch_size, rule)
       shown = topk.crops(arch, layer, inputs, image, y, x, pixels, None)
@@ -105,6 +108,8 @@ def compute(loaded_models: Iterable[checkpoint.Loaded], examples: Any, layers: S
          "num_images": np.int64(len(examples))}
   for layer in layers:
     out[f"{layer}/maps"] = chosen[layer]
+    out[f"{layer}/all_images"] = np.stack([np.asarray(i) for i, _ in every[layer]], axis=1)
+    out[f"{layer}/all_values"] = np.stack([np.asarray(v) for _, v in every[layer]], axis=1)
     for name in ("values", "images", "positions", "projections"):
       out[f"{layer}/{name}"] = np.stack([col[name] for col in columns[layer]], axis=1)
   return out
@@ -124,6 +129,52 @@ def settled_epochs(images: np.ndarray, epochs: np.ndarray) -> np.ndarray:
   first = same.shape[1] - np.argmin(same[:, ::-1], axis=1)  # after the last column that differs
   first = np.where(same.all(axis=1), 0, first)
   return np.asarray(epochs, np.float64)[first]
+
+
+def convergence(result: Mapping[str, np.ndarray]) -> dict[str, dict[str, Any]]:
+  """Fig. 4's claim as a number per layer: "the lower layers of the model can be seen to converge
+  within a few epochs. However, the upper layers only develop after a considerable number of epochs".
+
+  For every map of the layer, its settled epoch (`settled_epochs`: the last kept epoch at which the
+  map's top image over the fixed example set still changes; the first kept epoch if it never does).
+  Maps that are dead at the last checkpoint (top activation 0) are left out: their "top image" is a
+  tie among all images and says nothing about learning.
+
+  Returns:
+    {layer: {"median_settled_epoch", "mean_settled_epoch" over live maps, "num_maps", "num_dead",
+    "share_settled_by_epoch": {epoch: share of live maps settled at or before it}}}.
+  """
+  epochs = np.asarray(result["epochs"], np.float64)
+  out = {}
+  for layer in result["layers"]:
+    layer = str(layer)
+    images, values = result[f"{layer}/all_images"], result[f"{layer}/all_values"]
+    live = values[:, -1] > 0
+    settled = settled_epochs(images[live], epochs)
+    out[layer] = {"median_settled_epoch": float(np.median(settled)) if live.any() else None,
+                  "mean_settled_epoch": float(settled.mean()) if live.any() else None,
+                  "num_maps": int(len(images)), "num_dead": int((~live).sum()),
+                  "share_settled_by_epoch": {f"{e:g}": float((settled <= e).mean()) if live.any() else None
+                                             for e in epochs}}
+  return out
+
+
+def plot_convergence(result: Mapping[str, np.ndarray], path: str) -> None:
+  """Per layer, the share of its (live) maps whose top image no longer changes after each epoch."""
+  import matplotlib.pyplot as plt
+  numbers = convergence(result)
+  fig, ax = plt.subplots(figsize=(5.5, 3.6))
+  for layer, c in numbers.items():
+    shares = [np.nan if v is None else v for v in c["share_settled_by_epoch"].values()]
+    ax.plot(result["epochs"], shares, "-o", ms=3, label=f"{layer} (median {c['median_settled_epoch']})")
+  ax.set_xlabel("epoch (kept checkpoints)", fontsize=8)
+  ax.set_ylabel("share of maps settled", fontsize=8)
+  ax.set_ylim(-0.02, 1.02)
+  ax.set_title(f"Top image over {int(result['num_images'])} fixed images no longer changes", fontsize=9)
+  ax.legend(fontsize=7)
+  ax.grid(alpha=0.3)
+  fig.tight_layout()
+  common.save_figure(fig, path)
 
 
 def _label(epoch: float) -> str:
@@ -155,10 +206,11 @@ def plot(result: Mapping[str, np.ndarray], path: str) -> None:
 
 def summary(result: Mapping[str, np.ndarray]) -> dict[str, Any]:
   """JSON-able numbers: per layer and map the winning image and activation at every epoch, how
-  often the winning image changes, and the epoch from which it stays the same."""
+  often the winning image changes, and the epoch from which it stays the same; "convergence": the
+  same over all maps of each layer (see `convergence`)."""
   epochs = result["epochs"]
   out: dict[str, Any] = {"steps": result["steps"].tolist(), "epochs": epochs.tolist(),
-                         "num_images": int(result["num_images"])}
+                         "num_images": int(result["num_images"]), "convergence": convergence(result)}
   for layer in result["layers"]:
     layer = str(layer)
     images = result[f"{layer}/images"]

@@ -35,6 +35,8 @@ TRANSFORMS = ("translation", "scale", "rotation")
 _AXIS_LABELS = {"translation": "vertical translation (pixels)", "scale": "scale (ratio)",
                 "rotation": "rotation (degrees)"}
 _EXAMPLES = 5  # transformed copies of each image shown in the figure's first column
+_SHOWN = 5  # images shown in the first column
+_CURVES = 8  # up to this many images: one curve each; more: the mean with the 25-75 percentile band
 
 
 def default_sweeps(input_size: int) -> dict[str, np.ndarray]:
@@ -106,11 +108,11 @@ def _features(arch: Arch, params: Params, images: jax.Array, layers: tuple[str, 
 
 @functools.partial(jax.jit, static_argnames=("arch", "layers"))
 def _sweep(arch: Arch, params: Params, images: jax.Array, refs: tuple[jax.Array, ...], labels: jax.Array,
-           index: jax.Array, affine: jax.Array, layers: tuple[str, ...]) -> tuple[jax.Array, jax.Array]:
-  """Warps images[index] by affine ([N] and [N, 2, 3]) -> distances [N, L] and p(label) [N]."""
+           index: jax.Array, affine: jax.Array, layers: tuple[str, ...]) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Warps images[index] by affine ([N] and [N, 2, 3]) -> distances [N, L], p(label) [N] and top-1 [N]."""
   feats, probs = _features(arch, params, warp(images[index], affine), layers)
   dist = jnp.stack([jnp.linalg.norm(f - r[index], axis=1) for f, r in zip(feats, refs)], axis=1)
-  return dist, jnp.take_along_axis(probs, labels[index][:, None], axis=1)[:, 0]
+  return dist, jnp.take_along_axis(probs, labels[index][:, None], axis=1)[:, 0], jnp.argmax(probs, 1).astype(jnp.int32)
 
 
 def _check_layers(arch: Arch, layers: Sequence[str] | None) -> tuple[str, ...]:
@@ -138,9 +140,10 @@ def compute(arch: Arch, params: Params, images: Any, labels: Any = None,
     batch_size: forward passes per jitted call.
 
   Returns:
-    "images" [B, S, S, 3] for display, "labels" [B], "layers" [L], "transforms" [K] names, and
-    for each transform k: "k/values" [T], "k/distance" [L, B, T] (relative, see module doc),
-    "k/p_true" [B, T], "k/examples" [B, 5, S, S, 3] display images at "k/example_values" [5].
+    "images" [B, S, S, 3] for display, "labels" [B], "predicted" [B] (untransformed top-1),
+    "layers" [L], "transforms" [K] names, and for each transform k: "k/values" [T], "k/distance"
+    [L, B, T] (relative, see module doc), "k/p_true" [B, T], "k/top1" [B, T], "k/examples"
+    [min(B, 5), 5, S, S, 3] display images at "k/example_values" [5].
   """
   models.check_images(arch, images)
   layers = _check_layers(arch, layers)
@@ -156,29 +159,32 @@ def compute(arch: Arch, params: Params, images: Any, labels: Any = None,
   labels = probs.argmax(1).astype(np.int32) if labels is None else common.check_labels(labels, batch, num_classes)
   norms = [np.linalg.norm(r, axis=1) for r in refs]
   refs = tuple(jnp.asarray(r) for r in refs)
-  out = {"images": common.display_images(images, mean_image), "labels": labels, "layers": np.array(layers),
+  out = {"images": common.display_images(images[:_SHOWN], mean_image), "labels": labels,
+         "predicted": probs.argmax(1).astype(np.int32), "layers": np.array(layers),
          "transforms": np.array(list(affines))}
   for kind, affine in affines.items():
     t = len(affine)
     index = np.repeat(np.arange(batch, dtype=np.int32), t)
-    dist, p_true = common.map_chunks(
+    dist, p_true, top1 = common.map_chunks(
         lambda i, a: _sweep(arch, params, images, refs, jnp.asarray(labels), i, a, layers),
         (index, np.tile(affine, (batch, 1, 1))), chunk)
     dist = dist.reshape(batch, t, len(layers)).transpose(2, 0, 1)
     shown = np.unique(np.linspace(0, t - 1, _EXAMPLES).round().astype(int))
-    examples = warp(jnp.repeat(images, len(shown), axis=0), jnp.tile(affine[shown], (batch, 1, 1)))
+    shown_images = images[:_SHOWN]
+    examples = warp(jnp.repeat(shown_images, len(shown), axis=0), jnp.tile(affine[shown], (len(shown_images), 1, 1)))
     out |= {f"{kind}/values": np.asarray(sweeps[kind], np.float32).reshape(-1),
             f"{kind}/distance": dist / np.stack([np.where(n > 0, n, 1.0) for n in norms])[:, :, None],
-            f"{kind}/p_true": p_true.reshape(batch, t),
+            f"{kind}/p_true": p_true.reshape(batch, t), f"{kind}/top1": top1.reshape(batch, t),
             f"{kind}/examples": common.display_images(examples, mean_image).reshape(
-                batch, len(shown), *images.shape[1:]),
+                len(shown_images), len(shown), *images.shape[1:]),
             f"{kind}/example_values": np.asarray(sweeps[kind], np.float32).reshape(-1)[shown]}
   return out
 
 
 def plot(result: Mapping[str, np.ndarray], path: str) -> None:
-  """Fig. 5's layout: one row per transform; columns: the images at 5 sweep values, the distance
-  at the low layer, at the high layer, and p(true label), one curve per image."""
+  """Fig. 5's layout: one row per transform; columns: the first 5 images at 5 sweep values, the
+  distance at the low layer, at the high layer, and p(true label): one curve per image for up to
+  8 images, else the mean over images with the band between the 25th and 75th percentiles."""
   import matplotlib.pyplot as plt
   kinds = [str(k) for k in result["transforms"]]
   layers = [str(l) for l in result["layers"]]
@@ -198,8 +204,13 @@ def plot(result: Mapping[str, np.ndarray], path: str) -> None:
     curves = [(f"{layer}: relative distance", result[f"{kind}/distance"][i]) for i, layer in enumerate(layers)]
     curves.append(("p(true label)", result[f"{kind}/p_true"]))
     for ax, (title, ys) in zip(row[1:], curves):
-      for i, y in enumerate(ys):
-        ax.plot(values, y, "-o", ms=2.5, lw=1, color=colors[i], label=f"image {i + 1}")
+      if len(ys) <= _CURVES:
+        for i, y in enumerate(ys):
+          ax.plot(values, y, "-o", ms=2.5, lw=1, color=colors[i], label=f"image {i + 1}")
+      else:
+        low, high = np.percentile(ys, [25, 75], axis=0)
+        ax.fill_between(values, low, high, color="tab:blue", alpha=0.25, lw=0, label="25-75 percentile")
+        ax.plot(values, ys.mean(0), "-o", ms=2.5, lw=1.2, color="tab:blue", label=f"mean of {len(ys)} images")
       ax.set_title(title, fontsize=9)
       ax.set_xlabel(_AXIS_LABELS[kind], fontsize=8)
       ax.tick_params(labelsize=7)
@@ -210,10 +221,77 @@ def plot(result: Mapping[str, np.ndarray], path: str) -> None:
   common.save_figure(fig, path)
 
 
+def magnitudes(kind: str, values: Sequence[float]) -> np.ndarray:
+  """How far each sweep value is from the identity: |t| pixels, |ln s|, or the angle to the nearest
+  multiple of 360 degrees. float64 [T]."""
+  v = np.asarray(values, np.float64)
+  if kind == "translation":
+    return np.abs(v)
+  if kind == "scale":
+    return np.abs(np.log(v))
+  if kind == "rotation":
+    a = np.mod(v, 360.0)
+    return np.minimum(a, 360.0 - a)
+  raise ValueError(f"transform={kind!r} is unknown; allowed: {', '.join(TRANSFORMS)}")
+
+
+def r_squared(x: np.ndarray, y: np.ndarray) -> float | None:
+  """R^2 of the least-squares line y ~ a x + b (None with fewer than 3 distinct x or constant y)."""
+  x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+  if len(np.unique(x)) < 3 or np.ptp(y) == 0:
+    return None
+  residual = y - np.polyval(np.polyfit(x, y, 1), x)
+  return float(1.0 - (residual ** 2).sum() / ((y - y.mean()) ** 2).sum())
+
+
+def aggregate(result: Mapping[str, np.ndarray], kind: str) -> dict[str, Any]:
+  """Fig. 5's claims over all images for one transform.
+
+  Sweep values are grouped by their magnitude (`magnitudes`; e.g. -t and t). Per layer: the mean
+  distance (over images and the values of a group) at the smallest non-zero and at the largest
+  magnitude, their ratio (near 1: the distance jumps at once, as the paper's layer 1; small: it
+  grows gradually), and "linear_r2", the R^2 of a line fitted to the mean distance against the
+  magnitude (the paper: the top layer changes "quasi-linearly" for translation and scale). For the
+  classifier: mean p(true label) at magnitude 0, at the smallest and at the largest; "top1_kept_all",
+  the share of images whose top-1 class is the untransformed one at every value of the sweep;
+  "top1_kept_mean", the share of (image, value) pairs that keep it (the paper: the output is not
+  rotation-invariant, except for rotationally symmetric objects).
+  """
+  values = result[f"{kind}/values"]
+  mag = np.round(magnitudes(kind, values), 6)
+  groups = np.unique(mag)
+  nonzero = groups[groups > 0]
+  if not len(nonzero):
+    return {"note": f"the {kind} sweep has no value other than the identity"}
+  small, large = nonzero[0], nonzero[-1]
+
+  def at(curves: np.ndarray, m: float) -> float:
+    return float(curves[:, mag == m].mean())
+
+  out: dict[str, Any] = {"magnitude": {"translation": "|t| pixels", "scale": "|ln s|",
+                                       "rotation": "degrees to the nearest multiple of 360"}[kind],
+                         "smallest": float(small), "largest": float(large)}
+  for i, layer in enumerate(result["layers"]):
+    d = result[f"{kind}/distance"][i]
+    mean_curve = np.array([d[:, mag == m].mean() for m in groups])
+    out[str(layer)] = {"mean_at_smallest": at(d, small), "mean_at_largest": at(d, large),
+                       "smallest_over_largest": at(d, small) / at(d, large) if at(d, large) > 0 else None,
+                       "linear_r2": r_squared(groups, mean_curve)}
+  p, top1 = result[f"{kind}/p_true"], result[f"{kind}/top1"]
+  kept = top1 == result["predicted"][:, None]
+  out["p_true"] = {"mean_at_identity": at(p, 0.0) if (mag == 0).any() else None,
+                   "mean_at_smallest": at(p, small), "mean_at_largest": at(p, large)}
+  out["top1_kept_all"] = float(kept.all(axis=1).mean())
+  out["top1_kept_mean"] = float(kept.mean())
+  return out
+
+
 def summary(result: Mapping[str, np.ndarray]) -> dict[str, Any]:
-  """JSON-able numbers: per transform the sweep, per-image distances per layer and p(true label)."""
+  """JSON-able numbers: per transform the sweep, per-image distances per layer and p(true label),
+  and under "summary" the claims over all images (`aggregate`)."""
   out: dict[str, Any] = {"labels": result["labels"].tolist(), "layers": [str(l) for l in result["layers"]],
-                         "distance": "||f(x') - f(x)|| / ||f(x)||"}
+                         "num_images": len(result["labels"]), "distance": "||f(x') - f(x)|| / ||f(x)||",
+                         "summary": {str(kind): aggregate(result, str(kind)) for kind in result["transforms"]}}
   for kind in result["transforms"]:
     kind = str(kind)
     out[kind] = {"values": result[f"{kind}/values"].tolist(),

@@ -11,8 +11,12 @@ becomes that pixel of the mean). For every position the module records
   (e) the most probable class;
 
 and (c) the deconvnet projection (section 2.1) of that map's strongest unit in the unoccluded image,
-with the unit's receptive field. All positions of all images run as batched, jitted forward passes,
-the occluded copies made inside the jitted function.
+with the unit's receptive field. By default (mode="exact") the positions run by incremental inference
+(`zf_jax.analysis.incremental`, after Krypton, Nakandala et al. 2019): each position recomputes only
+the windows of the maps that the square reaches, from the unoccluded image's maps, batched over
+positions; the results equal a full forward pass per position up to float rounding. mode="full"
+runs those full forward passes (batched, jitted, the occluded copies made inside the jitted
+function); mode="approximate" caps the windows (faster, not exact: `approximation_error`).
 
 `localization` asks whether the classifier looks at the object: among correctly classified images,
 the share whose p(correct) minimum (the occluder's center there) lies inside the object's box.
@@ -27,8 +31,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from zf_jax import deconv, models
-from zf_jax.analysis import common
+from zf_jax.analysis import common, incremental
 from zf_jax.models import Arch, Params
+
+
+MODES = ("exact", "full", "approximate")
 
 
 def corners(input_size: int, size: int | None = None, stride: int | None = None) -> tuple[np.ndarray, int]:
@@ -103,8 +110,8 @@ def _check_layer(arch: Arch, layer: str | None) -> str:
 
 
 def occlusion_maps(arch: Arch, params: Params, images: Any, labels: Any = None, size: int | None = None,
-                   stride: int | None = None, layer: str | None = None,
-                   batch_size: int = 64) -> dict[str, np.ndarray]:
+                   stride: int | None = None, layer: str | None = None, batch_size: int = 64,
+                   mode: str = "exact", threshold: float = 0.5) -> dict[str, np.ndarray]:
   """The maps of Fig. 7 (b), (d), (e), without the projection (c).
 
   Args:
@@ -113,7 +120,13 @@ def occlusion_maps(arch: Arch, params: Params, images: Any, labels: Any = None, 
     labels: int [B] correct classes; None uses each image's top-1 class (unoccluded).
     size, stride: the occluder (see `corners`).
     layer: the conv layer of (b); default the top one ("conv5").
-    batch_size: forward passes per jitted call.
+    batch_size: occluder positions per jitted call.
+    mode: "exact" (default): incremental inference (`incremental`): per position only the part of
+      each map the occluder reaches is recomputed, from the unoccluded image's maps; equal to "full"
+      up to float rounding. "full": one whole forward pass per position. "approximate": incremental
+      with each window capped at `threshold` times its map's side (Krypton's projective-field
+      threshold; changes outside the cap are dropped: see `approximation_error`).
+    threshold: tau in (0, 1] of mode="approximate".
 
   Returns:
     "labels" [B], "predicted" [B] (unoccluded top-1), "corners" [P], "size" (), "layer" (),
@@ -123,6 +136,10 @@ def occlusion_maps(arch: Arch, params: Params, images: Any, labels: Any = None, 
   """
   models.check_images(arch, images)
   layer = _check_layer(arch, layer)
+  if mode not in MODES:
+    raise ValueError(f"mode={mode!r} is not allowed; allowed: {', '.join(MODES)}")
+  if mode == "approximate" and not 0 < threshold <= 1:
+    raise ValueError(f"threshold={threshold} is not allowed; allowed: 0 < threshold <= 1")
   offsets, size = corners(arch.input_size, size, stride)
   images = jnp.asarray(images, jnp.float32)
   batch, p = images.shape[0], len(offsets)
@@ -133,9 +150,22 @@ def occlusion_maps(arch: Arch, params: Params, images: Any, labels: Any = None, 
   # Each image's positions, then an empty box: the unoccluded reference, at the same batch size.
   boxes = np.concatenate([np.tile(np.concatenate([grid, grid + size], 1), (batch, 1)), np.zeros((batch, 4))])
   index = np.concatenate([np.repeat(np.arange(batch), len(grid)), np.arange(batch)])
-  activity, p_true, top = common.map_chunks(
-      lambda i, c: _occluded(arch, params, images, jnp.asarray(labels), jnp.asarray(channels), i, c, layer),
-      (index.astype(np.int32), boxes.astype(np.int32)), min(batch_size, len(index)))
+  if mode != "full":  # incremental: each image's positions from its unoccluded maps, then those as references
+    tau = threshold if mode == "approximate" else None
+    parts, references = [], []
+    for b in range(batch):
+      cache, logits = incremental.unoccluded(arch, params, images[b])
+      parts.append(common.map_chunks(
+          lambda c: incremental.positions(arch, params, cache, jnp.asarray(labels[b]), jnp.asarray(channels[b]), c,
+                                          size, layer, tau), (grid.astype(np.int32),), min(batch_size, len(grid))))
+      total = cache[arch.layer_names.index(layer) + 1][..., channels[b]].sum()
+      references.append((total, jax.nn.softmax(logits)[labels[b]], jnp.argmax(logits)))
+    activity, p_true, top = (np.concatenate([*(part[j] for part in parts), np.array([r[j] for r in references])])
+                             for j in range(3))
+  else:
+    activity, p_true, top = common.map_chunks(
+        lambda i, c: _occluded(arch, params, images, jnp.asarray(labels), jnp.asarray(channels), i, c, layer),
+        (index.astype(np.int32), boxes.astype(np.int32)), min(batch_size, len(index)))
   n = batch * p * p
   return {"labels": labels, "predicted": predicted, "corners": offsets, "size": np.array(size),
           "layer": np.array(layer), "map": channels, "unit": units,
@@ -144,13 +174,39 @@ def occlusion_maps(arch: Arch, params: Params, images: Any, labels: Any = None, 
           "top_label": top[:n].reshape(batch, p, p)}
 
 
+def approximation_error(exact: Mapping[str, np.ndarray], approx: Mapping[str, np.ndarray]) -> dict[str, float]:
+  """How far mode="approximate"'s maps are from the exact ones (both from `occlusion_maps`).
+
+  Returns:
+    "max_abs_p_true": max |p(correct) difference| over all positions; "ssim_p_true" and
+    "ssim_activity": the mean over images of scikit-image's structural_similarity of the [P, P]
+    maps (data range: the exact map's; window: 7 or the largest odd side that fits, at least 3);
+    "top_label_agreement": the share of positions with the same top class.
+  """
+  from skimage.metrics import structural_similarity
+  side = exact["p_true"].shape[-1]
+  window = min(7, side if side % 2 else side - 1)
+  if window < 3:
+    raise ValueError(f"the maps are {side}x{side}; SSIM needs at least 3x3 occluder positions")
+
+  def ssim(key: str) -> float:
+    return float(np.mean([structural_similarity(e, a, win_size=window, data_range=max(float(np.ptp(e)), 1e-12))
+                          for e, a in zip(exact[key].astype(np.float64), approx[key].astype(np.float64))]))
+
+  return {"max_abs_p_true": float(np.abs(exact["p_true"] - approx["p_true"]).max()),
+          "ssim_p_true": ssim("p_true"), "ssim_activity": ssim("activity"),
+          "top_label_agreement": float((exact["top_label"] == approx["top_label"]).mean())}
+
+
 def compute(arch: Arch, params: Params, images: Any, labels: Any = None, class_names: Sequence[str] | None = None,
             size: int | None = None, stride: int | None = None, layer: str | None = None,
-            mean_image: Any = None, batch_size: int = 64) -> dict[str, np.ndarray]:
+            mean_image: Any = None, batch_size: int = 64, mode: str = "exact",
+            threshold: float = 0.5) -> dict[str, np.ndarray]:
   """Everything Fig. 7 shows, one row per image.
 
   Args:
-    arch, params, images, labels, size, stride, layer, batch_size: as `occlusion_maps`.
+    arch, params, images, labels, size, stride, layer, batch_size, mode, threshold: as `occlusion_maps`
+      (mode "exact" by default: incremental inference, equal to a full forward pass per position).
     class_names: [C] names for the legend of (e); default the class indices.
     mean_image: only to show the photos (see `common.display_images`).
 
@@ -163,7 +219,7 @@ def compute(arch: Arch, params: Params, images: Any, labels: Any = None, class_n
   names = [str(c) for c in range(num_classes)] if class_names is None else [str(c) for c in class_names]
   if len(names) != num_classes:
     raise ValueError(f"class_names has {len(names)} names; the model has {num_classes} classes")
-  out = occlusion_maps(arch, params, images, labels, size, stride, layer, batch_size)
+  out = occlusion_maps(arch, params, images, labels, size, stride, layer, batch_size, mode, threshold)
   layer = str(out["layer"])
   _, trace = models.forward(arch, params, jnp.asarray(images, jnp.float32))
   channel, y, x = out["unit"].T
@@ -219,16 +275,16 @@ def boxes_from_corners(corners: Any, image_size: int, input_size: int) -> np.nda
 
 
 def localization(arch: Arch, params: Params, images: Any, labels: Any, boxes: Any, size: int | None = None,
-                 stride: int | None = None, batch_size: int = 64) -> dict[str, Any]:
+                 stride: int | None = None, batch_size: int = 64, mode: str = "exact") -> dict[str, Any]:
   """`localization_score` of labelled images (e.g. Tiny ImageNet's boxes.csv), without projections.
 
   Args:
-    arch, params, images, labels, size, stride, batch_size: as `occlusion_maps` (labels required).
+    arch, params, images, labels, size, stride, batch_size, mode: as `occlusion_maps` (labels required).
     boxes: int [B, 4] (y0, x0, y1, x1) half-open on the model input.
   """
   if labels is None:
     raise ValueError("labels is None; localization needs the correct class of every image")
-  return localization_score(occlusion_maps(arch, params, images, labels, size, stride, None, batch_size), boxes)
+  return localization_score(occlusion_maps(arch, params, images, labels, size, stride, None, batch_size, mode), boxes)
 
 
 def _extent(offsets: np.ndarray, size: int) -> tuple[float, float, float, float]:
@@ -308,3 +364,126 @@ def summary(result: Mapping[str, np.ndarray]) -> dict[str, Any]:
         "share_positions_correct": float((result["top_label"][b] == label).mean()),
         "top_labels": {str(names[c]): int(n) for c, n in zip(classes, counts)}})
   return {"layer": str(result["layer"]), "size": size, "corners": offsets.tolist(), "images": images}
+
+
+SUPPORT_MASS = 0.5
+
+
+def chance_localization(boxes: Any, correct: Any, offsets: np.ndarray, size: int) -> dict[str, Any]:
+  """The localization score's chance baseline: the same score with the p(correct) minimum replaced by
+  an occluder position drawn uniformly at random (section 4.2, Fig. 7).
+
+  The expected score is, over the correctly classified images, the mean share of occluder positions
+  whose center lies inside the image's box (the same test as `localization_score`: y0 <= cy <= y1
+  and x0 <= cx <= x1). A large object box makes a high score easy; this says how easy.
+
+  Args:
+    boxes: int [B, 4] (y0, x0, y1, x1) half-open on the model input.
+    correct: bool [B], which images are classified correctly (`localization_score`'s "correct").
+    offsets, size: the occluder positions on each axis and its side (`corners`).
+
+  Returns:
+    "chance": the expected score (nan when none is correct), "share_inside" float [B] per image.
+  """
+  boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+  correct = np.asarray(correct, bool).reshape(-1)
+  if len(correct) != len(boxes):
+    raise ValueError(f"correct has {len(correct)} entries; allowed: one per box ({len(boxes)})")
+  centers = np.asarray(offsets, np.float64) + size / 2
+  share_y = ((boxes[:, :1] <= centers) & (centers <= boxes[:, 2:3])).mean(1)
+  share_x = ((boxes[:, 1:2] <= centers) & (centers <= boxes[:, 3:4])).mean(1)
+  share = share_y * share_x  # the positions form a grid: inside on both axes
+  return {"chance": float(share[correct].mean()) if correct.any() else float("nan"), "share_inside": share}
+
+
+def _square_sums(values: np.ndarray, offsets: np.ndarray, size: int) -> np.ndarray:
+  """[B, S, S] -> [B, P, P]: the sum of each image's values under the occluder at every position."""
+  integral = np.pad(np.cumsum(np.cumsum(values, axis=1), axis=2), ((0, 0), (1, 0), (1, 0)))
+  lo, hi = offsets, offsets + size
+  return (integral[:, hi][:, :, hi] - integral[:, lo][:, :, hi] - integral[:, hi][:, :, lo]
+          + integral[:, lo][:, :, lo])
+
+
+def support_masks(projections: np.ndarray, mass: float = SUPPORT_MASS) -> np.ndarray:
+  """The support of each projection: its fewest pixels that hold `mass` of its |projection| (summed
+  over colours). [B, S, S, 3] -> bool [B, S, S] (all False for an all-zero projection)."""
+  if not 0 < mass <= 1:
+    raise ValueError(f"mass={mass} is not allowed; allowed: 0 < mass <= 1")
+  magnitude = np.abs(np.asarray(projections, np.float64)).sum(-1)
+  flat = magnitude.reshape(len(magnitude), -1)
+  order = np.argsort(-flat, axis=1, kind="stable")
+  ranked = np.take_along_axis(flat, order, axis=1)
+  total = ranked.sum(1, keepdims=True)
+  # Keep a pixel while the mass before it is short of the target (so the pixel crossing it is kept).
+  keep = (np.cumsum(ranked, axis=1) - ranked < mass * total) & (ranked > 0)
+  masks = np.zeros_like(flat, bool)
+  np.put_along_axis(masks, order, keep, axis=1)
+  return masks.reshape(magnitude.shape)
+
+
+def support_effect_from(activity: np.ndarray, projections: np.ndarray, offsets: np.ndarray, size: int,
+                        mass: float = SUPPORT_MASS) -> dict[str, Any]:
+  """Section 4.2's second observation as numbers: occluding the region the strongest conv5 map's
+  projection occupies makes that map's activity drop ("the feature map's strongest activation ...
+  drops"; Fig. 7 (b) against (c)).
+
+  A position is "on" the support when the occluder's square overlaps `support_masks(projections,
+  mass)`, else "off". Per image the mean activity (Fig. 7 (b): the map's summed activation) over on
+  and over off positions; images without positions of both kinds are left out.
+
+  Args:
+    activity: [B, P, P] the map's total activation per occluder position (`occlusion_maps`).
+    projections: [B, S, S, 3] that map's strongest unit projected to pixels (any positive scale).
+    offsets, size: the occluder positions on each axis and its side.
+    mass: the share of |projection| mass that defines the support.
+
+  Returns:
+    "mass", "num_images", "num_compared" (images with on and off positions), "mean_ratio_on_off" and
+    "median_ratio_on_off" (per image mean on / mean off, over compared images with activity off > 0),
+    "share_on_below_off" (of compared images, those whose mean on < mean off), "mean_on_share" (share
+    of positions on the support), "median_spearman" (over images: Spearman correlation between the
+    share of projection mass under the square and the activity; negative: the more of the support is
+    covered, the lower the activity), and per image "on" [B], "off" [B] (nan where none), "masks".
+  """
+  from scipy import stats
+  activity = np.asarray(activity, np.float64)
+  masks = support_masks(projections, mass)
+  offsets = np.asarray(offsets, np.int64)
+  if activity.shape != (len(masks), len(offsets), len(offsets)):
+    raise ValueError(f"activity has shape {activity.shape}; allowed: [{len(masks)}, {len(offsets)}, {len(offsets)}] "
+                     "(images, occluder rows, occluder columns)")
+  on = _square_sums(masks.astype(np.float64), offsets, size) > 0
+  magnitude = np.abs(np.asarray(projections, np.float64)).sum(-1)
+  covered = _square_sums(magnitude, offsets, size)
+  mean_on = np.array([a[o].mean() if o.any() else np.nan for a, o in zip(activity, on)])
+  mean_off = np.array([a[~o].mean() if (~o).any() else np.nan for a, o in zip(activity, on)])
+  compared = ~np.isnan(mean_on) & ~np.isnan(mean_off)
+  ratio_ok = compared & (np.nan_to_num(mean_off) > 0)
+  ratios = mean_on[ratio_ok] / mean_off[ratio_ok]
+  rho = np.array([stats.spearmanr(c.ravel(), a.ravel())[0] if np.ptp(c) > 0 and np.ptp(a) > 0 else np.nan
+                  for c, a in zip(covered, activity)])
+  finite = ~np.isnan(rho)
+  return {"mass": float(mass), "num_images": int(len(activity)), "num_compared": int(compared.sum()),
+          "mean_ratio_on_off": float(ratios.mean()) if len(ratios) else None,
+          "median_ratio_on_off": float(np.median(ratios)) if len(ratios) else None,
+          "share_on_below_off": float((mean_on[compared] < mean_off[compared]).mean()) if compared.any() else None,
+          "mean_on_share": float(on.mean()), "median_spearman": float(np.median(rho[finite])) if finite.any() else None,
+          "on": mean_on, "off": mean_off, "masks": masks}
+
+
+def support_effect(arch: Arch, params: Params, images: Any, maps: Mapping[str, np.ndarray],
+                   mass: float = SUPPORT_MASS, batch_size: int = 64) -> dict[str, Any]:
+  """`support_effect_from` for occlusion maps of `images`: projects each image's strongest unit
+  (maps["unit"], at maps["layer"]) with the deconvnet, then compares activity on and off its support.
+
+  Args:
+    arch, params: the model.
+    images: float [B, S, S, 3], mean-subtracted, as given to `occlusion_maps`.
+    maps: `occlusion_maps(arch, params, images, ...)` (or `compute`'s result).
+    mass, batch_size: see `support_effect_from`; projections per jitted call.
+  """
+  from zf_jax.analysis import topk
+  images = np.asarray(images, np.float32)
+  projections = topk.project_units(arch, params, images, str(maps["layer"]), np.arange(len(images)), maps["unit"],
+                                   batch_size)
+  return support_effect_from(maps["activity"], projections, maps["corners"], int(maps["size"]), mass)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import socket
+import urllib.parse
 from typing import Any, Sequence
 
 import numpy as np
@@ -53,7 +55,8 @@ class ImageFolderSource:
   in sorted order.
   """
 
-  def __init__(self, root: str, split: str):
+  def __init__(self, root: str, split: str, encoded: bool = False):
+    """encoded: give each "image" as the file's bytes (see `encoded`) instead of decoded pixels."""
     splits = _subdirectories(root)
     if split not in splits:
       raise ValueError(f"split={split!r} is not a directory of {root!r}; allowed: {', '.join(splits)}")
@@ -63,16 +66,36 @@ class ImageFolderSource:
                    for label, c in enumerate(self.class_names) if c in present
                    for f in sorted(os.listdir(os.path.join(root, split, c)))
                    if f.lower().endswith(IMAGE_EXTENSIONS)]
-    self._root = root
+    self._root, self._split, self._encoded = root, split, encoded
 
   def __len__(self) -> int:
     return len(self._files)
 
   def __getitem__(self, index: int) -> dict[str, Any]:
     file_name, label = self._files[index]
-    with Image.open(os.path.join(self._root, file_name)) as image:
-      pixels = np.asarray(image.convert("RGB"))
+    if self._encoded:
+      with open(os.path.join(self._root, file_name), "rb") as f:
+        return {"image": f.read(), "label": label, "file_name": file_name}
+    try:
+      with Image.open(os.path.join(self._root, file_name)) as image:
+        pixels = preprocess.pil_to_rgb(image)
+    except (OSError, ValueError) as e:  # not an image, truncated ("image file is truncated"), ...
+      raise ValueError(f"image {os.path.join(self._root, file_name)!r} cannot be decoded ({type(e).__name__}: "
+                       f"{e}); allowed: a complete PNG/JPEG file") from None
     return {"image": pixels, "label": label, "file_name": file_name}
+
+
+def encoded(source: Any) -> Any:
+  """`source` with its images left encoded (JPEG/PNG bytes, which `load_batch` and the input pipeline
+  decode at reduced scale where the target size allows: `preprocess.decode`); other sources unchanged.
+
+  TFDS sources skip their image decoder (`tfds.decode.SkipDecoding`); ImageFolder sources read the files' bytes.
+  """
+  if isinstance(source, ImageFolderSource):
+    return ImageFolderSource(source._root, source._split, encoded=True)
+  if dataclasses.is_dataclass(source) and hasattr(source, "decoders") and hasattr(source, "dataset_info"):
+    return dataclasses.replace(source, decoders={"image": tfds.decode.SkipDecoding()})
+  return source
 
 
 def _subdirectories(path: str) -> list[str]:
@@ -112,7 +135,9 @@ def get_dataset(name: str, split: str, data_dir: str | None = None, manual_dir: 
     source = ImageFolderSource(root, split)
     return Dataset(source, len(source.class_names), source.class_names, name, split)
   try:
-    builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
+    # tiny_imagenet's prepared data is keyed by the local copy it was prepared from (never confused).
+    config = {"config": tiny_imagenet.builder_config(manual_dir, data_dir)} if name == "tiny_imagenet" else {}
+    builder = tfds.builder(name, data_dir=data_dir, file_format="array_record", **config)
   except tfds.core.registered.DatasetNotFoundError:
     raise ValueError(f"dataset={name!r} is unknown; allowed: {_ALLOWED}") from None
   except (ValueError, AssertionError) as e:  # a known dataset with an unknown config or version
@@ -120,6 +145,8 @@ def get_dataset(name: str, split: str, data_dir: str | None = None, manual_dir: 
   if not _is_image_classification(builder.info.features):
     raise ValueError(f"dataset={name!r} has no 'image' and 'label' (ClassLabel) features; "
                      f"allowed: {_ALLOWED}")
+  if manual_dir is None and not builder.is_prepared():
+    _check_reachable(builder, name)
   try:
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
   except ModuleNotFoundError as e:
@@ -133,6 +160,20 @@ def get_dataset(name: str, split: str, data_dir: str | None = None, manual_dir: 
   labels = builder.info.features["label"]
   class_names = list((builder.info.metadata or {}).get("class_names", labels.names))
   return Dataset(builder.as_data_source(split=split), labels.num_classes, class_names, name, split)
+
+
+def _check_reachable(builder: tfds.core.DatasetBuilder, name: str) -> None:
+  """One error line within seconds when a dataset to download names a host that cannot be reached
+  (TFDS itself retries for minutes)."""
+  for url in sorted(builder.url_infos or {}):
+    parsed = urllib.parse.urlparse(url)
+    try:
+      socket.create_connection((parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80)),
+                               timeout=10).close()
+    except OSError as e:
+      raise ValueError(f"dataset={name!r} is not prepared in {builder.data_dir} and the network is unreachable "
+                       f"({parsed.hostname}: {type(e).__name__}); prepare it where there is network, or pass "
+                       "manual_dir with its downloaded files") from None
 
 
 def load_batch(source: Any, indices: Sequence[int], image_size: int) -> tuple[np.ndarray, np.ndarray]:

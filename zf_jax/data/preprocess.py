@@ -1,6 +1,7 @@
 """Preprocessing of section 3, in numpy at the edges of the library.
 
-Images arrive as uint8 [H, W, 3] (any size; grayscale [H, W] or [H, W, 1] is expanded to RGB), are
+Images arrive as uint8 [H, W, 3] (any size; grayscale [H, W] or [H, W, 1] is expanded to RGB) or as
+encoded JPEG/PNG bytes (`decode`: large JPEGs are decoded at reduced scale by the DCT), are
 resized so the smallest side is `size` and center-cropped to size x size (256 for 224-px models, 64
 for the 64-px variants), have the per-pixel mean image subtracted, and are cropped to the model's
 input (224 or 56): random crops with horizontal flips in training, the center or 10 crops
@@ -8,33 +9,67 @@ input (224 or 56): random crops with horizontal flips in training, the center or
 """
 from __future__ import annotations
 
+import io
+import math
+
 import numpy as np
 from PIL import Image
 
 
 def to_rgb(image: np.ndarray) -> np.ndarray:
-  """uint8 [H, W], [H, W, 1], [H, W, 3] or [H, W, 4] -> uint8 [H, W, 3]."""
+  """uint8 [H, W], [H, W, 1], [H, W, 3] or [H, W, 4] -> uint8 [H, W, 3].
+
+  uint16 images (16-bit PNG/TIFF) are scaled from 0..65535 to 0..255; other integer types must hold
+  values in 0..255 (ValueError otherwise: they are not wrapped around).
+  """
   image = np.asarray(image)
   if image.ndim == 2:
     image = image[..., None]
   if image.ndim != 3 or image.shape[-1] not in (1, 3, 4):
     raise ValueError(f"image has shape {image.shape}; allowed: [H, W], [H, W, 1], [H, W, 3] or [H, W, 4]")
+  if image.dtype == np.uint16:
+    image = ((image.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+  elif image.dtype != np.uint8 and image.size and (image.min() < 0 or image.max() > 255):
+    raise ValueError(f"image has dtype {image.dtype} and values {image.min()}..{image.max()}; allowed: uint8, "
+                     "uint16, or values in 0..255")
   if image.shape[-1] == 1:
     image = np.repeat(image, 3, axis=-1)
   return np.ascontiguousarray(image[..., :3]).astype(np.uint8)
 
 
-def resize_and_center_crop(image: np.ndarray, size: int) -> np.ndarray:
+def pil_to_rgb(image: Image.Image) -> np.ndarray:
+  """A PIL image of any mode -> uint8 [H, W, 3]. 16-bit grayscale ("I;16*", and "I", as which PIL opens
+  16-bit PNGs) is scaled from 0..65535 to 0..255, where `convert("RGB")` would clip it to white."""
+  if image.mode.startswith("I;16") or image.mode == "I":
+    return to_rgb(np.clip(np.asarray(image), 0, 65535).astype(np.uint16))
+  return np.asarray(image.convert("RGB"))
+
+
+def decode(encoded: bytes, size: int | None = None) -> np.ndarray:
+  """JPEG/PNG bytes -> uint8 [H, W, 3].
+
+  With `size`, a JPEG at least twice as large is decoded at 1/2, 1/4 or 1/8 scale (PIL's draft mode:
+  the inverse DCT does the reduction, several times faster than a full decode), keeping its
+  smallest side >= size for the resize that follows; other formats decode at full size.
+  """
+  with Image.open(io.BytesIO(encoded)) as image:
+    if size is not None:
+      scale = size / min(image.size)
+      image.draft("RGB", (math.ceil(image.size[0] * scale), math.ceil(image.size[1] * scale)))
+    return pil_to_rgb(image)
+
+
+def resize_and_center_crop(image: np.ndarray | bytes, size: int) -> np.ndarray:
   """Smallest side resized to `size` (bilinear, antialiased), then the center size x size.
 
   Args:
-    image: uint8 [H, W] or [H, W, C].
+    image: uint8 [H, W] or [H, W, C], or encoded bytes (`decode`, at reduced scale where size allows).
     size: the output side.
 
   Returns:
     uint8 [size, size, 3].
   """
-  image = to_rgb(image)
+  image = to_rgb(decode(image, size) if isinstance(image, bytes) else image)
   h, w = image.shape[:2]
   if (h, w) != (size, size):
     scale = size / min(h, w)

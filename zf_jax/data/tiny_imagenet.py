@@ -7,6 +7,10 @@ The builder takes, in this order:
      in shared/data/tiny-imagenet-100);
   2. the official `tiny-imagenet-200.zip` in `manual_dir`;
   3. the official zip, downloaded from `URL`.
+Every prepared copy is keyed by what it was prepared from (`builder_config`): a local copy by a
+fingerprint of its files (names, sizes, modification times), so two different copies never share
+prepared data (`<data_dir>/tiny_imagenet/copy-<fingerprint>/`), and a copy that changed is prepared
+anew; the download is "download". Without manual_dir, the one copy prepared in data_dir is reused.
 Labels index the classes of classes.tsv if present, otherwise the sorted wnids found in the training
 images (100 classes for the shared copy, 200 for the official zip). Each example is
 {"image": uint8 [64, 64, 3] (grayscale JPEGs decode to RGB), "label": int, "file_name": bytes}, where
@@ -17,6 +21,8 @@ they are, so preparing needs no image codec, nor TensorFlow.
 from __future__ import annotations
 
 import csv
+import hashlib
+import os
 import socket
 import tarfile
 import urllib.parse
@@ -25,6 +31,7 @@ from typing import Iterator
 
 import tensorflow_datasets as tfds
 from etils import epath
+from tensorflow_datasets.core import constants
 
 URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
 ZIP_NAME = "tiny-imagenet-200.zip"
@@ -95,9 +102,56 @@ def _local_copy(dl_manager: tfds.download.DownloadManager) -> epath.Path | None:
     manual_dir = dl_manager.manual_dir
   except AssertionError:  # no manual_dir, or an empty one
     return None
+  return find_copy(manual_dir)
+
+
+def _source_files(copy: epath.Path) -> list[epath.Path]:
+  """The files of a local copy that the builder reads."""
+  if not copy.is_dir():
+    return [copy]
+  return sorted([*copy.glob("train-*-of-*.tar"), copy / "val.tar", *copy.glob("classes.tsv")])
+
+
+def fingerprint(copy: epath.Path) -> str:
+  """12 hex digits of SHA-256 over (name, size, modification time in ns) of every file read from a copy."""
+  stats = [(path.name, os.stat(path).st_size, os.stat(path).st_mtime_ns) for path in _source_files(copy)]
+  return hashlib.sha256(repr(stats).encode()).hexdigest()[:12]
+
+
+def _config_name(copy: epath.Path | None) -> str:
+  return "download" if copy is None else f"copy-{fingerprint(copy)}"
+
+
+def find_copy(manual_dir: epath.Path) -> epath.Path | None:
+  """The local copy in manual_dir: the directory itself if it holds tar shards, else its official zip, else None."""
   if _is_shard_dir(manual_dir):
     return manual_dir
   return manual_dir / ZIP_NAME if (manual_dir / ZIP_NAME).exists() else None
+
+
+def builder_config(manual_dir: str | None, data_dir: str | None = None) -> tfds.core.BuilderConfig:
+  """The builder config that keys a prepared copy by what it is prepared from.
+
+  Args:
+    manual_dir: a local copy (tar shards or the official zip), or None.
+    data_dir: where TFDS prepares datasets (default: TFDS's).
+
+  Returns:
+    "copy-<fingerprint>" for a local copy in manual_dir; without manual_dir, the one copy already
+    prepared in data_dir, or "download" (the official zip) if none is.
+
+  Raises:
+    ValueError: no manual_dir and several prepared copies to choose from.
+  """
+  if manual_dir is not None:
+    copy = find_copy(epath.Path(manual_dir)) if os.path.isdir(manual_dir) else None
+    return tfds.core.BuilderConfig(name=_config_name(copy), description=f"prepared from {manual_dir}")
+  root = epath.Path(data_dir or constants.get_default_data_dir()) / "tiny_imagenet"
+  prepared = sorted(path.parent.parent.name for path in root.glob(f"*/{TinyImagenet.VERSION}/dataset_info.json"))
+  if len(prepared) > 1:
+    raise ValueError(f"tiny_imagenet: {len(prepared)} copies are prepared in {root} ({', '.join(prepared)}); "
+                     "pass manual_dir to say which")
+  return tfds.core.BuilderConfig(name=prepared[0] if prepared else "download", description="tiny_imagenet")
 
 
 def _download(dl_manager: tfds.download.DownloadManager) -> epath.Path:
@@ -138,7 +192,13 @@ class TinyImagenet(tfds.core.GeneratorBasedBuilder):
     )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict:
-    copy = _local_copy(dl_manager) or _download(dl_manager)
+    copy = _local_copy(dl_manager)
+    config = self.builder_config.name if self.builder_config else None
+    if config != _config_name(copy):
+      raise ValueError(f"tiny_imagenet: the copy in manual_dir is {_config_name(copy)!r}, not the config "
+                       f"{config!r} being prepared; build through zf_jax.data.get_dataset (which passes "
+                       "tiny_imagenet.builder_config(manual_dir))")
+    copy = copy or _download(dl_manager)
     classes = _classes(copy)
     self.info.features["label"].names = [wnid for wnid, _ in classes]
     self.info.metadata["class_names"] = [description.split(",")[0] for _, description in classes]

@@ -1,0 +1,64 @@
+"""Section 5.1's ablations (Table 3), Table 2's ensemble members and Fig. 6's pair at one common budget.
+
+  python train.py --config=configs/ablation.py:ARCH --workdir=DIR \\
+      --config.manual_dir=../shared/data/tiny-imagenet-100 [--config.seed=N] [--config.filter_rms_radius=0]
+
+ARCH (after the colon; default zfnet64) is an architecture name of `zf_jax.models`, e.g.
+zfnet64-no-conv34. Choose it there, not with --config.arch: the per-layer initial std follows the
+architecture (each layer keeps the gain it has in the paper's full-size counterpart, zfnet-X for
+zfnet64-X and alexnet-X for alexnet64-X: `train_lib.paper_gain_std`). Everything else is
+configs/reference.py's recipe (center-crop validation during training, the plateau rule, floor 1e-4),
+with the common budget of 10 epochs for every run (no early stop, so all end at epoch 10;
+checkpoints kept at epochs 1, 2, 5, 10). No schedule depends on num_epochs, so the reference run's
+epoch-10 checkpoint is this config's zfnet64 run (seed 0): it is the base row, read with --epoch=10.
+
+The runs of docs/REPRODUCTION.md (about 25-30 min each on 2 free CPU cores), in
+configs/ablation_runs.sh, which runs them one after another, nice'd, each resumable:
+
+  name (workdir ~/zf-runs/NAME)  ARCH                   options                       for
+  reference                      (configs/reference.py, epoch 10 of it)                Table 3 base, Table 2, Fig. 6
+  ablation-no-conv34             zfnet64-no-conv34                                    Table 3
+  ablation-no-fc67               zfnet64-no-fc67                                      Table 3
+  ablation-fc-half               zfnet64-fc-half                                      Table 3
+  ablation-fc-double             zfnet64-fc-double                                    Table 3
+  ablation-wide-conv345          zfnet64-wide-conv345                                 Table 3, Table 2 (6th net)
+  ablation-seed1                 zfnet64                --config.seed=1               Table 2
+  ablation-seed2                 zfnet64                --config.seed=2               Table 2
+  fig6-alexnet64                 alexnet64                                            Fig. 6, Table 3
+  fig6-noclip                    zfnet64                --config.filter_rms_radius=0  Fig. 6, Table 3
+
+Then (10-crop validation and the train error are computed from the checkpoints, cached in each workdir):
+
+  R=~/zf-runs
+  python visualize.py ablation --epoch=10 --out=docs/figures/table3 --workdirs=$R/reference,\\
+$R/ablation-no-conv34,$R/ablation-no-fc67,$R/ablation-fc-half,$R/ablation-fc-double,\\
+$R/ablation-wide-conv345,$R/fig6-alexnet64,$R/fig6-noclip
+  python visualize.py ensemble --epoch=10 --out=docs/figures/table2 \\
+      --workdirs=$R/reference,$R/ablation-seed1,$R/ablation-seed2,$R/ablation-wide-conv345
+  python visualize.py filters --workdir=$R/fig6-noclip --compare=$R/fig6-alexnet64
+
+Measured results: docs/REPRODUCTION.md.
+"""
+import ml_collections
+
+from configs import reference
+from zf_jax import models, train_lib
+
+COMMON_EPOCHS = 10
+
+
+def full_size(arch: str) -> str:
+  """The paper's 224-px counterpart of a 64-px architecture name (zfnet64-X -> zfnet-X)."""
+  return arch.replace("zfnet64", "zfnet").replace("alexnet64", "alexnet")
+
+
+def get_config(arch: str = "zfnet64") -> ml_collections.ConfigDict:
+  config = reference.get_config()
+  config.arch = arch
+  if arch in models.ARCH_NAMES and full_size(arch) in models.ARCH_NAMES:
+    config.layer_weight_std = train_lib.paper_gain_std(models.get_arch(arch), models.get_arch(full_size(arch)))
+  # An unknown ARCH keeps the reference's values: train.py then names the allowed architectures.
+  config.num_epochs = COMMON_EPOCHS
+  config.stop_when_converged = False
+  config.keep_epochs = (1, 2, 5, 10)
+  return config

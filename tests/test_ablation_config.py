@@ -1,0 +1,45 @@
+"""configs/ablation.py and configs/ablation_runs.sh: every listed run is a valid config, the base is the reference run."""
+import os
+import re
+import sys
+
+import pytest
+
+from zf_jax import models, train_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from configs import ablation, reference  # noqa: E402
+
+
+def _script_runs():
+  """(name, arch, options) of every `run` line of configs/ablation_runs.sh."""
+  with open(os.path.join(ROOT, "configs", "ablation_runs.sh")) as f:
+    return [line.split()[1:] for line in f if re.match(r"^run \S", line)]
+
+
+def test_zfnet64_is_the_reference_recipe_at_10_epochs():
+  base, ref = ablation.get_config(), reference.get_config()
+  differ = sorted(key for key in ref if ref[key] != base[key])
+  assert differ == ["keep_epochs", "num_epochs", "stop_when_converged"]
+  assert base.num_epochs == 10 and 10 in ref.keep_epochs and not base.stop_when_converged
+
+
+@pytest.mark.parametrize("arch", ["zfnet64-no-conv34", "zfnet64-no-fc67", "zfnet64-fc-half", "zfnet64-fc-double",
+                                  "zfnet64-wide-conv345", "alexnet64"])
+def test_each_variant_keeps_the_gain_of_its_full_size_layers(arch):
+  config = ablation.get_config(arch)
+  built = train_lib.build_arch(config)
+  assert built.name == arch and config.num_epochs == 10
+  assert set(train_lib.per_layer_values(config, built, "weight_std")) == set(built.activation_names)
+  assert dict(config.layer_weight_std) == train_lib.paper_gain_std(built, models.get_arch(ablation.full_size(arch)))
+
+
+def test_the_script_runs_the_docstring_table():
+  runs = _script_runs()
+  assert len(runs) == 9 and len({name for name, *_ in runs}) == 9
+  for name, arch, *options in runs:
+    assert arch in models.ARCH_NAMES
+    assert re.search(rf"^  {re.escape(name)} +{re.escape(arch)} +{re.escape(' '.join(options))}",
+                     ablation.__doc__, re.M), name
+    assert f"$R/{name}" in ablation.__doc__  # used by a visualize.py command

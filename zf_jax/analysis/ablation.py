@@ -1,0 +1,224 @@
+"""Table 3 (section 5.1): architecture ablations, each variant trained with the same recipe.
+
+For every trained workdir (a row): its architecture and how it differs from the first workdir's
+(the base row), the parameter count, the epoch of the evaluated checkpoint, the train top-1 error
+(the training split's center crops, no augmentation, no dropout: the paper's "train error"), the
+validation top-1/top-5 (10 crops, section 3), and what the run's own metrics.jsonl recorded at that
+step (with the run's eval_crops, often the center crop only). Evaluations are cached per
+(step, split, crops, images) in each workdir (`zf_jax.evaluation`), so rebuilding the table is cheap.
+
+The paper's rows (val error %, arXiv v3), matched to a row by architecture name (the 64-px models
+take the row of their full-size counterpart; an ablation the paper ran only on Krizhevsky's model,
+e.g. removing conv3,4, takes that row and says so). Runs without feature scale clipping get no
+paper row (the paper gives no number for them).
+"""
+from __future__ import annotations
+
+import textwrap
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from zf_jax import checkpoint, evaluation, metrics, models
+from zf_jax.analysis import common
+
+# Table 3 of the paper: arch name -> (row, val top-1 error %, val top-5 error %).
+PAPER = {
+    "zfnet": ("Our model (Fig. 3)", 38.4, 16.5),
+    "zfnet-fc-half": ("Fig. 3 model, layers 6,7: 2048 units", 40.2, 17.6),
+    "zfnet-fc-double": ("Fig. 3 model, layers 6,7: 8192 units", 38.8, 17.0),
+    "zfnet-wide-conv345": ("Fig. 3 model, layers 3,4,5: 512,1024,512 maps", 37.5, 16.0),
+    "zfnet-wide-conv345-fc-double": ("Fig. 3 model, 8192 units and 512,1024,512 maps", 38.3, 16.9),
+    "alexnet": ("Our replication of Krizhevsky et al.", 40.5, 18.1),
+    "alexnet-no-conv34": ("Krizhevsky et al., removed layers 3,4", 45.4, 22.1),
+    "alexnet-no-fc7": ("Krizhevsky et al., removed layer 7", 40.0, 18.4),
+    "alexnet-no-fc67": ("Krizhevsky et al., removed layers 6,7", 44.8, 22.4),
+    "alexnet-no-conv34-fc67": ("Krizhevsky et al., removed layers 3,4,6,7", 71.3, 50.1),
+}
+PAPER_CLIPPING = 0.1  # the paper's recipe clips filters at RMS 0.1 (section 3)
+# Config keys that change what a run learns; a row's change lists those that differ from the base.
+RECIPE_KEYS = ("dataset", "train_split", "image_size", "batch_size", "learning_rate", "momentum", "weight_decay",
+               "weight_std", "bias_init", "filter_rms_radius", "plateau_patience", "plateau_factor",
+               "plateau_min_delta", "min_learning_rate", "eval_crops", "seed")
+
+
+def num_params(params: models.Params) -> int:
+  """The number of weights and biases of a model (arrays or their shapes, e.g. from `jax.eval_shape`)."""
+  return int(sum(np.prod(leaf.shape) for layer in params.values() for leaf in layer.values()))
+
+
+def _hidden(arch: models.Arch) -> dict[str, models.Conv | models.Dense]:
+  """The conv and fc layers of `arch` except the classifier, by name."""
+  return {layer.name: layer for layer in arch.layers[:-1] if isinstance(layer, (models.Conv, models.Dense))}
+
+
+def _widths(changes: list[tuple[str, int, int]]) -> str:
+  names = ",".join(name for name, _, _ in changes)
+  old, new = {o for _, o, _ in changes}, {n for _, _, n in changes}
+  if len(old) == 1 and len(new) == 1:
+    return f"{names} {old.pop()}→{new.pop()}"
+  return f"{names} {'/'.join(str(o) for _, o, _ in changes)}→{'/'.join(str(n) for _, _, n in changes)}"
+
+
+def describe_change(base: models.Arch, arch: models.Arch, base_config: Mapping[str, Any] | None = None,
+                    config: Mapping[str, Any] | None = None) -> str:
+  """How `arch` (trained with `config`) differs from `base` (with `base_config`), as Table 3 words it.
+
+  E.g. "removed conv3,conv4", "fc6,fc7 512→1024", "conv3,conv4,conv5 192/192/128→256/512/256",
+  "conv1 7×7/2→11×11/4", "seed 0→1", "filter_rms_radius 0.1→0"; "none" if nothing differs. Only the
+  hidden conv/fc layers (widths, kernels, strides) and the config's `RECIPE_KEYS` are compared.
+  """
+  old, new = _hidden(base), _hidden(arch)
+  parts = []
+  removed, added = [n for n in old if n not in new], [n for n in new if n not in old]
+  if removed:
+    parts.append("removed " + ",".join(removed))
+  if added:
+    parts.append("added " + ",".join(f"{n} ({new[n].features})" for n in added))
+  common_layers = [n for n in new if n in old]
+  for kind in (models.Conv, models.Dense):
+    changes = [(n, old[n].features, new[n].features) for n in common_layers
+               if isinstance(new[n], kind) and old[n].features != new[n].features]
+    if changes:
+      parts.append(_widths(changes))
+  for n in common_layers:
+    a, b = old[n], new[n]
+    if isinstance(a, models.Conv) and isinstance(b, models.Conv) and (a.kernel, a.stride) != (b.kernel, b.stride):
+      parts.append(f"{n} {a.kernel}×{a.kernel}/{a.stride}→{b.kernel}×{b.kernel}/{b.stride}")
+  base_config, config = base_config or {}, config or {}
+  for key in RECIPE_KEYS:
+    if base_config.get(key) != config.get(key):
+      parts.append(f"{key} {base_config.get(key)}→{config.get(key)}")
+  return ", ".join(parts) or "none"
+
+
+def paper_row(arch_name: str, config: Mapping[str, Any] | None = None) -> tuple[str, float, float] | None:
+  """The paper's Table 3 row for an architecture name (64-px names map to their full-size models), or None."""
+  config = config or {}
+  if config.get("filter_rms_radius", PAPER_CLIPPING) != PAPER_CLIPPING:
+    return None
+  name = arch_name.replace("zfnet64", "zfnet").replace("alexnet64", "alexnet")
+  if name in PAPER:
+    return PAPER[name]
+  ablation = name.split("-", 1)[1] if "-" in name else None
+  return PAPER.get(f"alexnet-{ablation}") if name.startswith("zfnet-") else None
+
+
+def _metrics_at(workdir: str, step: int) -> dict[str, float]:
+  """The last validation record of workdir/metrics.jsonl at or before `step` ({} if none)."""
+  records = [r for r in metrics.read(workdir) if "val_top1" in r and r["step"] <= step]
+  return records[-1] if records else {}
+
+
+def compute(workdirs: Sequence[str], epoch: float | None = None, train_images: int | None = None,
+            batch_size: int = 128, data_dir: str | None = None, use_cache: bool = True) -> dict[str, Any]:
+  """Table 3 from trained workdirs; the first is the base the changes are described against.
+
+  Args:
+    workdirs: V training workdirs (one variant each).
+    epoch: evaluate each workdir's checkpoint at this epoch (default: each one's latest), e.g. 10
+      to take a longer run at the common budget.
+    train_images: the train error over this many training images evenly spaced through the split
+      (default: all).
+    batch_size: images per jitted evaluation call.
+    data_dir: where the TFDS datasets are prepared (default: each checkpoint's).
+    use_cache: read and write each workdir's evaluations.json.
+
+  Returns:
+    {"workdirs", "arch", "change", "paper_row": [V] str ("" where the paper has none);
+     "num_params", "step": int64 [V]; "epoch": float64 [V];
+     "train_top1", "val_top1", "val_top5": float64 [V] accuracies (val: 10 crops; train: center crop);
+     "train_images": int64 [V], "val_images": int64 [V];
+     "metrics_val_top1", "metrics_val_top5": float64 [V] (NaN where the run logged none), "metrics_crops",
+     "metrics_step": int64 [V] (0 where none);
+     "paper_val_top1_error", "paper_val_top5_error": float64 [V] in % (NaN where none)}.
+  """
+  if not workdirs:
+    raise ValueError("workdirs is empty; give at least one training workdir")
+  loaded = [checkpoint.load_for_analysis(w, epoch=epoch) for w in workdirs]
+  rows = []
+  for workdir, model in zip(workdirs, loaded):
+    options = dict(batch_size=batch_size, data_dir=data_dir, use_cache=use_cache, model=model)
+    train = evaluation.evaluate_checkpoint(workdir, "train", 1, max_images=train_images, **options)
+    val = evaluation.evaluate_checkpoint(workdir, "val", 10, **options)
+    logged = _metrics_at(workdir, model.step)
+    paper = paper_row(model.arch.name, model.config)
+    rows.append({
+        "workdirs": workdir, "arch": model.arch.name,
+        "change": describe_change(loaded[0].arch, model.arch, loaded[0].config, model.config),
+        "paper_row": paper[0] if paper else "", "num_params": num_params(model.params), "step": model.step,
+        "epoch": model.epoch, "train_top1": train["top1"], "val_top1": val["top1"], "val_top5": val["top5"],
+        "train_images": train["num_images"], "val_images": val["num_images"],
+        "metrics_val_top1": logged.get("val_top1", np.nan), "metrics_val_top5": logged.get("val_top5", np.nan),
+        "metrics_crops": int(model.config.get("eval_crops", 10)), "metrics_step": int(logged.get("step", 0)),
+        "paper_val_top1_error": paper[1] if paper else np.nan, "paper_val_top5_error": paper[2] if paper else np.nan})
+  rows[0]["change"] = "(base)"
+  strings = ("workdirs", "arch", "change", "paper_row")
+  ints = ("num_params", "step", "train_images", "val_images", "metrics_crops", "metrics_step")
+  return {key: [r[key] for r in rows] if key in strings else
+          np.array([r[key] for r in rows], np.int64 if key in ints else np.float64) for key in rows[0]}
+
+
+def _error(accuracy: float) -> float:
+  return 100.0 * (1.0 - float(accuracy))
+
+
+def summary(result: Mapping[str, Any]) -> dict[str, Any]:
+  """Per row: ours (accuracies and errors in %) beside the paper's val errors (%)."""
+  rows = []
+  for i, workdir in enumerate(result["workdirs"]):
+    has_paper = bool(result["paper_row"][i])
+    logged = not np.isnan(result["metrics_val_top1"][i])
+    rows.append({
+        "workdir": workdir, "arch": result["arch"][i], "change": result["change"][i],
+        "num_params": int(result["num_params"][i]), "step": int(result["step"][i]), "epoch": float(result["epoch"][i]),
+        "train_top1": float(result["train_top1"][i]), "val_top1": float(result["val_top1"][i]),
+        "val_top5": float(result["val_top5"][i]),
+        "train_top1_error": _error(result["train_top1"][i]), "val_top1_error": _error(result["val_top1"][i]),
+        "val_top5_error": _error(result["val_top5"][i]),
+        "train_images": int(result["train_images"][i]), "val_images": int(result["val_images"][i]),
+        "metrics": {"val_top1": float(result["metrics_val_top1"][i]), "val_top5": float(result["metrics_val_top5"][i]),
+                    "crops": int(result["metrics_crops"][i]), "step": int(result["metrics_step"][i])} if logged else None,
+        "paper": {"row": result["paper_row"][i], "val_top1_error": float(result["paper_val_top1_error"][i]),
+                  "val_top5_error": float(result["paper_val_top5_error"][i])} if has_paper else None})
+  return {"table": "Table 3 (section 5.1)", "protocol": "val: 10 crops (corners + center, mirrored), softmax "
+          "averaged; train: center crop of each training image, no augmentation; errors in %", "rows": rows}
+
+
+def plot(result: Mapping[str, Any], path: str) -> None:
+  """Table 3 as a figure: val top-1/top-5 and train top-1 error per row beside the paper's, and the table."""
+  import matplotlib.pyplot as plt
+  s = summary(result)
+  rows = s["rows"]
+  n = len(rows)
+  fig, (bars, table) = plt.subplots(2, 1, figsize=(max(9.0, 1.6 * n + 4), 5.0 + 0.25 * n),
+                                    gridspec_kw={"height_ratios": [3, 0.4 + 0.25 * n]})
+  x = np.arange(n)
+  series = [("train top-1", [r["train_top1_error"] for r in rows], "tab:gray"),
+            ("val top-1", [r["val_top1_error"] for r in rows], "tab:blue"),
+            ("val top-5", [r["val_top5_error"] for r in rows], "tab:cyan"),
+            ("paper val top-1", [r["paper"]["val_top1_error"] if r["paper"] else np.nan for r in rows], "tab:orange"),
+            ("paper val top-5", [r["paper"]["val_top5_error"] if r["paper"] else np.nan for r in rows], "moccasin")]
+  width = 0.8 / len(series)
+  for j, (label, values, color) in enumerate(series):
+    bars.bar(x + (j - (len(series) - 1) / 2) * width, values, width, label=label, color=color)
+  bars.set_xticks(x, [f"{r['arch']}\n" + "\n".join(textwrap.wrap(r["change"], 24)) for r in rows], fontsize=7)
+  bars.set_ylabel("error %")
+  bars.set_title("Table 3: ablations (ours: 10-crop val, center-crop train; paper: ImageNet val)", fontsize=10)
+  bars.set_ylim(0, 118)
+  bars.legend(fontsize=7, ncol=len(series), loc="upper center")
+  bars.grid(axis="y", alpha=0.3)
+  cells = [[r["arch"], r["change"], f"{r['num_params']:,}", f"{r['epoch']:g}", f"{r['train_top1_error']:.1f}",
+            f"{r['val_top1_error']:.1f}", f"{r['val_top5_error']:.1f}",
+            f"{_error(r['metrics']['val_top1']):.1f} ({r['metrics']['crops']})" if r["metrics"] else "-",
+            f"{r['paper']['val_top1_error']:.1f} / {r['paper']['val_top5_error']:.1f}" if r["paper"] else "-",
+            r["paper"]["row"] if r["paper"] else ""] for r in rows]
+  columns = ["arch", "change", "params", "epoch", "train top-1 err %", "val top-1 err %", "val top-5 err %",
+             "logged val top-1 err % (crops)", "paper val top-1 / top-5 err %", "paper row"]
+  table.set_axis_off()
+  drawn = table.table(cells, colLabels=columns, loc="center", cellLoc="left")
+  drawn.auto_set_font_size(False)
+  drawn.set_fontsize(7)
+  drawn.auto_set_column_width(list(range(len(columns))))
+  fig.tight_layout()
+  common.save_figure(fig, path)
