@@ -17,7 +17,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from absl import flags
 from absl import logging as absl_logging
 from jax.experimental import checkify
 from PIL import Image
@@ -28,7 +27,7 @@ from zf_jax.data import checks, datasets, preprocess
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-import visualize  # noqa: E402
+from cli import run_visualize  # noqa: E402
 from configs import smoke  # noqa: E402
 
 TINY = models.ablate(models.get_arch("zfnet64"), features={
@@ -397,14 +396,6 @@ def test_train_cli(name, train_cli):
 # --- visualize.py: in this process, with its flags parsed. ---
 
 
-def _visualize(*args):
-  flags.FLAGS.unparse_flags()
-  argv = flags.FLAGS(["visualize.py", *args])
-  try:
-    visualize.main(argv)
-    return 0
-  except SystemExit as e:
-    return e.code
 
 
 VISUALIZE = {
@@ -433,7 +424,7 @@ def test_visualize(name, files, capsys):
   before = _snapshot(files)
   args = [a.format(f=files) for a in args]
   out_flag = [] if any(a.startswith("--out=") for a in args) else [f"--out={out}"]
-  assert _visualize(*args, *out_flag, "--num_images=16", "--num_maps=2", "--batch_size=8") == 2
+  assert run_visualize(*args, *out_flag, "--num_images=16", "--num_maps=2", "--batch_size=8") == 2
   stderr = capsys.readouterr().err
   err = [line for line in stderr.splitlines() if "visualize.py" in line]  # besides progress bars
   assert len(err) == 1 and err[0].startswith("visualize.py: error: ") and "Traceback" not in stderr, stderr
@@ -452,7 +443,7 @@ def test_topk_with_k_2_and_16_images_and_umask_modes(files, capsys):
   os.makedirs(stale)
   old_umask = os.umask(0o022)
   try:
-    assert _visualize("topk", f"--workdir={files}/workdir", f"--out={out}", "--num_images=16", "--k=2",
+    assert run_visualize("topk", f"--workdir={files}/workdir", f"--out={out}", "--num_images=16", "--k=2",
                       "--num_maps=2", "--layers=conv1,conv5", "--batch_size=8") == 0
   finally:
     os.umask(old_umask)

@@ -100,9 +100,8 @@ def _rel(ours, theirs):
   return np.abs(np.asarray(ours) - theirs).max() / np.abs(theirs).max()
 
 
-SLOW = pytest.mark.slow  # about a minute each on 2 CPU cores
 SOURCES = ["pytorchcv:zfnet", "pytorchcv:zfnetb", "pytorchcv:alexnet", "pytorchcv:alexnetb", "torchvision:alexnet",
-           pytest.param("torchvision:vgg16", marks=SLOW)]
+           "torchvision:vgg16"]
 
 
 @needs_torch
@@ -131,8 +130,7 @@ def test_logits_and_every_conv_activation_equal_torch(source):
 
 
 @needs_torch
-@pytest.mark.parametrize("source", [pytest.param("pytorchcv:zfnet", marks=SLOW), "pytorchcv:alexnetb",
-                                    pytest.param("torchvision:vgg16", marks=SLOW)])
+@pytest.mark.parametrize("source", ["pytorchcv:zfnet", "pytorchcv:alexnetb", "torchvision:vgg16"])
 def test_top_conv_deconvnet_projection_equals_captum(source):
   """The deconvnet from each image's strongest top-conv unit against Captum's NeuronDeconvolution.
 
@@ -208,7 +206,6 @@ def _cli(*args, env=None):
 
 
 @needs_torch
-@pytest.mark.slow
 def test_cli_converts_a_local_state_dict_into_what_load_for_analysis_applies(tmp_path):
   model, forward, _ = _torch_model("pytorchcv:zfnet")
   torch.save(model.state_dict(), tmp_path / "zfnet.pth")
@@ -230,7 +227,6 @@ def test_cli_converts_a_local_state_dict_into_what_load_for_analysis_applies(tmp
 
 
 @needs_torch
-@pytest.mark.slow
 def test_cli_offline_says_so_in_one_line_and_writes_nothing(tmp_path):
   pytest.importorskip("pytorchcv")
   offline = {"HOME": str(tmp_path), "TORCH_HOME": str(tmp_path / "torch"), "HTTPS_PROXY": "http://127.0.0.1:9",

@@ -103,3 +103,15 @@ def test_vgg16_is_configuration_d():
   assert params["fc6"]["kernel"].shape == (25088, 4096)
   assert sum(np.prod(p.shape) for p in jax.tree.leaves(params)) == 138_357_544  # torchvision's vgg16 count
   assert "vgg16" in models.ARCH_NAMES and not any(n.startswith("vgg16-") for n in models.ARCH_NAMES)
+
+
+def test_forward_inside_jit_with_closed_over_images():
+  arch = models.get_arch("zfnet64")
+  params = models.init_params(arch, jax.random.key(0), num_classes=3)
+  images = jax.random.normal(jax.random.key(1), (2, arch.input_size, arch.input_size, 3))
+  eager, _ = models.forward(arch, params, images)
+  closed, _ = jax.jit(lambda p: models.forward(arch, p, images))(params)
+  np.testing.assert_allclose(closed, eager, rtol=1e-5, atol=1e-6)
+  bad = images.at[1, 0, 0, 0].set(jnp.nan)
+  with pytest.raises(ValueError, match="NaN or Inf"):
+    jax.jit(lambda p: models.forward(arch, p, bad))(params)

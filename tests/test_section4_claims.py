@@ -10,7 +10,6 @@ import tarfile
 import jax
 import numpy as np
 import pytest
-from absl import flags
 from PIL import Image
 
 from zf_jax import checkpoint, models
@@ -19,7 +18,7 @@ from zf_jax.data import synthetic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-import visualize  # noqa: E402
+from cli import run_visualize, write_synthetic_folder  # noqa: E402
 
 TINY = models.ablate(models.get_arch("zfnet64"), features={
     "conv1": 6, "conv2": 8, "conv3": 8, "conv4": 8, "conv5": 8, "fc6": 8, "fc7": 8}, name="tiny")
@@ -221,14 +220,6 @@ def test_correspondence_summary_states_normalisation_and_comparison():
 
 # visualize.py --------------------------------------------------------------------------------------
 
-def _visualize(*args):
-  flags.FLAGS.unparse_flags()
-  argv = flags.FLAGS(["visualize.py", *args])
-  try:
-    visualize.main(argv)
-    return 0
-  except SystemExit as e:
-    return e.code
 
 
 @pytest.fixture(scope="module")
@@ -236,10 +227,7 @@ def runs(tmp_path_factory):
   """Two workdirs (one checkpoint each, val top-1 logged) and an ImageFolder of 6 synthetic images."""
   root = tmp_path_factory.mktemp("claims")
   folder = root / "images"
-  for i in range(6):
-    image, label = synthetic.draw(0, "validation", i)
-    os.makedirs(folder / "validation" / synthetic.CLASS_NAMES[label], exist_ok=True)
-    Image.fromarray(image).save(folder / "validation" / synthetic.CLASS_NAMES[label] / f"{i}.png")
+  write_synthetic_folder(str(folder), 6)
   for seed, (name, top1) in enumerate((("a", 0.25), ("b", 0.5))):
     manager = checkpoint.Manager(str(root / name), keep_steps=(2,))
     meta = {"step": 2, "epoch": 1.0, "arch": checkpoint.arch_to_dict(TINY), "num_classes": 10,
@@ -254,7 +242,7 @@ def runs(tmp_path_factory):
 def test_filters_compares_several_models_with_their_accuracy(runs, tmp_path):
   checkpoint.save_params_npz(str(tmp_path / "c.npz"), checkpoint.load_for_analysis(str(runs / "b")))
   out = tmp_path / "out"
-  assert _visualize("filters", f"--workdir={runs / 'a'}", f"--compare={runs / 'b'},{tmp_path / 'c.npz'}",
+  assert run_visualize("filters", f"--workdir={runs / 'a'}", f"--compare={runs / 'b'},{tmp_path / 'c.npz'}",
                     f"--out={out}") == 0
   numbers = json.loads((out / "filters.json").read_text())
   assert [v["val_top1"] for v in numbers.values()] == [0.25, 0.5, None]
@@ -263,7 +251,7 @@ def test_filters_compares_several_models_with_their_accuracy(runs, tmp_path):
 
 def test_num_images_zero_scans_the_whole_split(runs, tmp_path):
   out = tmp_path / "out"
-  assert _visualize("topk", f"--workdir={runs / 'a'}", "--num_images=0", "--num_maps=2", "--k=2",
+  assert run_visualize("topk", f"--workdir={runs / 'a'}", "--num_images=0", "--num_maps=2", "--k=2",
                     "--layers=conv1", f"--out={out}") == 0
   assert json.loads((out / "topk.json").read_text())["num_images"] == 6
 
@@ -273,7 +261,7 @@ def test_correspondence_reads_tiny_parts_from_parts_root(runs, tmp_path):
   _fake_tiny(str(tmp_path / "tiny"), names)
   (tmp_path / "parts.json").write_text(json.dumps({f"tiny:{n}": {"eye": [10, 10, 20, 20]} for n in names}))
   out = tmp_path / "out"
-  assert _visualize("correspondence", f"--workdir={runs / 'a'}", f"--parts={tmp_path / 'parts.json'}",
+  assert run_visualize("correspondence", f"--workdir={runs / 'a'}", f"--parts={tmp_path / 'parts.json'}",
                     f"--parts_root={tmp_path / 'tiny'}", f"--out={out}") == 0
   numbers = json.loads((out / "correspondence.json").read_text())
   assert numbers["rows"]["eye"]["conv5"]["pairs"] == 3 and "paper_normalisation" in numbers

@@ -8,7 +8,6 @@ import sys
 import jax
 import numpy as np
 import pytest
-from absl import flags
 from PIL import Image
 
 from zf_jax import checkpoint, models
@@ -16,7 +15,7 @@ from zf_jax.data import synthetic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-import visualize  # noqa: E402
+from cli import run_visualize, write_synthetic_folder  # noqa: E402
 
 TINY = models.ablate(models.get_arch("zfnet64"), features={
     "conv1": 6, "conv2": 8, "conv3": 8, "conv4": 8, "conv5": 8, "fc6": 8, "fc7": 8}, name="tiny")
@@ -35,10 +34,7 @@ def run(tmp_path_factory):
   """A workdir with 3 checkpoints of a tiny zfnet64 and an ImageFolder of 12 synthetic images."""
   root = tmp_path_factory.mktemp("run")
   folder = root / "images"
-  for i in range(12):
-    image, label = synthetic.draw(0, "validation", i)
-    os.makedirs(folder / "validation" / synthetic.CLASS_NAMES[label], exist_ok=True)
-    Image.fromarray(image).save(folder / "validation" / synthetic.CLASS_NAMES[label] / f"{i}.png")
+  write_synthetic_folder(str(folder), 12)
   manager = checkpoint.Manager(str(root / "workdir"), keep_steps=STEPS)
   params0 = _params(0)
   opt_state = {"momentum": params0}
@@ -51,15 +47,6 @@ def run(tmp_path_factory):
   return root
 
 
-def _visualize(*args):
-  """visualize.main in this process: (exit code, stdout lines, stderr)."""
-  flags.FLAGS.unparse_flags()
-  argv = flags.FLAGS(["visualize.py", *args])
-  try:
-    visualize.main(argv)
-    return 0
-  except SystemExit as e:
-    return e.code
 
 
 SMALL = ("--num_images=12", "--num_maps=4", "--k=3", "--num_examples=2", "--batch_size=8")
@@ -67,7 +54,7 @@ SMALL = ("--num_images=12", "--num_maps=4", "--k=3", "--num_examples=2", "--batc
 
 def test_all_writes_every_figure_numbers_and_index(run, capsys):
   out = run / "figures"
-  assert _visualize("all", f"--workdir={run / 'workdir'}", f"--out={out}", "--layers=conv2,conv5", *SMALL) == 0
+  assert run_visualize("all", f"--workdir={run / 'workdir'}", f"--out={out}", "--layers=conv2,conv5", *SMALL) == 0
   files = sorted(os.listdir(out))
   assert files == sorted(["index.html", "topk.json", "topk_conv2.png", "topk_conv5.png", "evolution.json",
                           "evolution.png", "evolution_convergence.png", "invariance.json", "invariance.png", "filters.json", "filters.png",
@@ -89,7 +76,7 @@ def test_topk_from_image_files_and_a_params_file(run, tmp_path):
   images = [str(p) for p in sorted((run / "images" / "validation").glob("*/*.png"))[:3]]
   gray = tmp_path / "gray.jpg"
   Image.fromarray(np.arange(100 * 80, dtype=np.uint8).reshape(100, 80)).save(gray)  # any size, grayscale
-  assert _visualize("topk", f"--params={tmp_path / 'model.npz'}", f"--images={','.join(images + [str(gray)])}",
+  assert run_visualize("topk", f"--params={tmp_path / 'model.npz'}", f"--images={','.join(images + [str(gray)])}",
                     "--k=4", "--num_maps=2", "--layers=conv1,conv2") == 0
   assert sorted(os.listdir(tmp_path / "figures")) == ["topk.json", "topk_conv1.png", "topk_conv2.png"]
 
@@ -108,7 +95,7 @@ def test_bad_input_is_one_line_and_leaves_out_alone(run, tmp_path, capsys, args,
   (out / "keep.txt").write_text("old")
   (tmp_path / "empty").mkdir()
   args = [a.format(empty=tmp_path / "empty", workdir=run / "workdir", missing=tmp_path / "no.png") for a in args]
-  assert _visualize(*args, f"--out={out}", *SMALL) == 2
+  assert run_visualize(*args, f"--out={out}", *SMALL) == 2
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and err[0].startswith("visualize.py: error: ") and message in err[0], err
   assert os.listdir(out) == ["keep.txt"] and sorted(os.listdir(tmp_path)) == ["empty", "out"]  # no staging left

@@ -385,8 +385,11 @@ def check_images(arch: Arch, images: Any) -> None:
     raise ValueError(f"images has dtype {dtype}; {arch.name!r} takes {want} (mean-subtracted pixels)")
   if isinstance(images, jax.core.Tracer):
     return  # values only known at run time (under jax.jit): NaN/Inf pixels then give NaN logits
-  finite = np.isfinite(images).all(axis=(1, 2, 3)) if isinstance(images, np.ndarray) \
-      else np.asarray(jnp.isfinite(images).all(axis=(1, 2, 3)))
+  if isinstance(images, np.ndarray):
+    finite = np.isfinite(images).all(axis=(1, 2, 3))
+  else:
+    with jax.ensure_compile_time_eval():  # concrete images captured inside an outer trace, too
+      finite = np.asarray(jnp.isfinite(images).all(axis=(1, 2, 3)))
   if not finite.all():
     bad = np.flatnonzero(~finite)
     raise ValueError(f"images {', '.join(map(str, bad[:5]))}{' ...' if len(bad) > 5 else ''} of {shape[0]} hold "
