@@ -61,13 +61,14 @@ def bench_model(name: str, batch: int, num_units: int, repeats: int) -> list[dic
 
   projections = np.asarray(ours())
   to_layer = common.up_to(arch, LAYER)
+  to_layer_params = {name: p for name, p in params.items() if name in to_layer.layer_names}
   model = torch_models.build(plain, params)
   inputs = torch_models.to_nchw(images).requires_grad_()
   theirs = np.stack([torch_models.to_nhwc(p) for p in captum_projections(model, inputs, units)], axis=1)
   times = common.timeit({
       "ours": ours,
       "from_trace": lambda: deconv.project_many(plain, params, trace, LAYER, units),
-      "forward": lambda: models.forward(to_layer, params, jimages)[0],
+      "forward": lambda: models.forward(to_layer, to_layer_params, jimages)[0],
       "captum": lambda: captum_projections(model, inputs, units)}, repeats)
   ours_s, from_trace_s, forward_s, captum_s = (times[k] for k in ("ours", "from_trace", "forward", "captum"))
 

@@ -318,7 +318,8 @@ def param_shapes(arch: Arch, num_classes: int) -> dict[str, dict[str, tuple[int,
 
 def check_params(arch: Arch, params: Any) -> int:
   """Raises one ValueError unless `params` has exactly the layers of `arch`, each a float "kernel" and
-  "bias" of the shapes `param_shapes` gives (the classifier's width, num_classes, read from fc8).
+  "bias" of the shapes `param_shapes` gives (the classifier's width, num_classes, read from fc8; an
+  arch that ends with a conv layer has no classifier and gives 0).
 
   Only shapes are read, so it also holds under `jax.jit` (and costs nothing there: shapes are static).
 
@@ -339,15 +340,16 @@ def check_params(arch: Arch, params: Any) -> int:
       found = sorted(params[name]) if isinstance(params[name], Mapping) else type(params[name]).__name__
       raise ValueError(f"params[{name!r}] holds {found}; allowed: exactly 'kernel' and 'bias'")
   last = params[names[-1]]["kernel"]
-  num_classes = int(last.shape[-1]) if getattr(last, "ndim", 0) == 2 else 0
+  classifier = isinstance(arch.layer(names[-1]), Dense)  # an arch cut after a conv layer has none
+  num_classes = int(last.shape[-1]) if classifier and getattr(last, "ndim", 0) == 2 else 0
   expected = param_shapes(arch, max(num_classes, 1))
   for name in names:
     for part in ("kernel", "bias"):
       value, want = params[name][part], expected[name][part]
       shape, dtype = tuple(getattr(value, "shape", ())), getattr(value, "dtype", None)
       if shape != want or dtype is None or not jnp.issubdtype(dtype, jnp.floating) \
-          or (name == names[-1] and not num_classes):
-        if name == names[-1]:  # the classifier: any number of classes C >= 1, the same in kernel and bias
+          or (classifier and name == names[-1] and not num_classes):
+        if classifier and name == names[-1]:  # any number of classes C >= 1, the same in kernel and bias
           want = f"({want[0]}, C) with C >= 1 classes" if part == "kernel" else f"({num_classes},), as the kernel's C"
         raise ValueError(f"params[{name!r}][{part!r}] has shape {shape} and dtype {dtype}; arch {arch.name!r} "
                          f"expects float {want}")
