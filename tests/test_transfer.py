@@ -158,6 +158,22 @@ def test_softmax_and_svm_on_separable_features_reach_about_100_percent():
   assert transfer.softmax_accuracy(shuffled, "fc7").max() < 0.5
 
 
+def test_svm_on_span_coordinates_equals_svm_on_the_features():
+  """probes.span_coordinates: the same LinearSVC problem in R dimensions instead of D > R."""
+  from sklearn.svm import LinearSVC
+  rng = np.random.default_rng(0)
+  labels = np.repeat(np.arange(4), 10)
+  train = rng.normal(0, 1, (40, 300)) + 0.3 * rng.normal(0, 1, (4, 300))[labels]
+  test = rng.normal(0, 1, (25, 300))
+  z_train, z_test = probes.span_coordinates(train, test)
+  assert z_train.shape == (40, 40) and z_test.shape == (25, 40)
+  full = LinearSVC(C=1.0, tol=1e-8, max_iter=100_000).fit(train, labels)
+  reduced = LinearSVC(C=1.0, fit_intercept=False, tol=1e-8, max_iter=100_000).fit(z_train, labels)
+  np.testing.assert_allclose(reduced.decision_function(z_test), full.decision_function(test), atol=1e-4)
+  narrow = probes.span_coordinates(train[:, :20], test[:, :20])[0]  # D + 1 <= R: only the 1 appended
+  np.testing.assert_array_equal(narrow, np.hstack([train[:, :20], np.ones((40, 1))]))
+
+
 def test_per_class_accuracy_weighs_every_class_equally():
   labels = np.array([0] * 8 + [1] * 2)
   predictions = np.array([0] * 8 + [0, 0])

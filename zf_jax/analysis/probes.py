@@ -37,12 +37,30 @@ def svm_accuracy(study: transfer.Study, layer: str, c: float = SVM_C) -> np.ndar
   out = np.zeros((len(study.shots), study.folds))
   for i, n in enumerate(study.shots):
     for f, rows in enumerate(study.rows[n]):
-      train, test = transfer.normalize(x[rows], study.test_features[layer])
+      train, test = span_coordinates(*transfer.normalize(x[rows], study.test_features[layer]))
       with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        svm = LinearSVC(C=c, max_iter=2000).fit(train, y[rows])
+        svm = LinearSVC(C=c, fit_intercept=False, max_iter=2000).fit(train, y[rows])
       out[i, f] = transfer.per_class_accuracy(svm.predict(test), study.test_labels, len(study.class_names))
   return out
+
+
+def span_coordinates(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Features [R, D], [T, D] -> [R, M], [T, M]: a constant 1 appended (the intercept, regularized as
+  LinearSVC's intercept_scaling=1 does), then coordinates in an orthonormal basis of the training rows'
+  span (M = min(R, D + 1)).
+
+  An L2-regularized linear SVM's weights lie in the span of its training rows, and an orthonormal basis
+  keeps inner products and norms, so LinearSVC(fit_intercept=False) on these coordinates solves the
+  same problem as LinearSVC on the features: at conv1 (D = 9408 at 64 px) with 1500 rows, each
+  iteration then costs R x R instead of R x D.
+  """
+  train = np.hstack([train, np.ones((len(train), 1), train.dtype)])
+  test = np.hstack([test, np.ones((len(test), 1), test.dtype)])
+  if train.shape[1] <= train.shape[0]:
+    return train, test
+  basis, _ = np.linalg.qr(train.T)  # [D + 1, R], orthonormal columns spanning the training rows
+  return train @ basis, test @ basis
 
 
 def compute(study: transfer.Study, l2: float = transfer.L2, steps: int = transfer.STEPS,
