@@ -9,13 +9,12 @@ class, mean per-class accuracy +- std over folds). Features are computed once fo
 """
 from __future__ import annotations
 
-import os
 import warnings
 from typing import Any
 
 import numpy as np
 
-from zf_jax.analysis import common, transfer
+from zf_jax.analysis import transfer
 
 SHOTS = (30,)
 SVM_C = 1.0
@@ -115,11 +114,6 @@ def plot(result: dict[str, Any], path: str) -> None:
         ax.plot(*zip(*known), style, color="0.5" if name == "svm" else "0.7", marker=".",
                 label=f"paper, {dataset}: {name}")
   ax.set_xticks(x, layers)
-  ax.set_xlabel("layer")
-  ax.set_ylabel("mean per-class accuracy (%)")
-  ax.set_ylim(0, 102)
-  name = os.path.basename(os.path.normpath(result["target"]))
-  ax.set_title(f"Table 7: per-layer features, {name} ({result['num_classes']} classes)", fontsize=9)
-  ax.legend(fontsize=6)
-  ax.grid(alpha=0.3)
-  common.save_figure(fig, path)
+  transfer.save_accuracy_figure(fig, ax, result, path, "layer",
+                                f"Table 7: per-layer features, {{target}} ({result['num_classes']} classes)",
+                                legend_size=6)

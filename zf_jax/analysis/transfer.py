@@ -360,11 +360,18 @@ def plot(result: dict[str, Any], path: str) -> None:
   ax.set_xscale("log")
   ticks = sorted({*map(int, result["shots"]), *paper["images_per_class"], *scratch})
   ax.set_xticks(ticks, [str(n) for n in ticks])
-  ax.set_xlabel("training images per class")
+  save_accuracy_figure(fig, ax, result, path, "training images per class",
+                       f"Fig. 9: {{target}} ({result['num_classes']} classes, {acc.shape[1]} folds)", legend_size=7)
+
+
+def save_accuracy_figure(fig: Any, ax: Any, result: dict[str, Any], path: str, xlabel: str, title: str,
+                         legend_size: int) -> None:
+  """The axes of Fig. 9 and Table 7's curves (mean per-class accuracy in %, 0-100), then the PNG at `path`;
+  `title` may name {target}, the target's folder or TFDS name."""
+  ax.set_xlabel(xlabel)
   ax.set_ylabel("mean per-class accuracy (%)")
   ax.set_ylim(0, 102)
-  name = os.path.basename(os.path.normpath(result["target"]))
-  ax.set_title(f"Fig. 9: {name} ({result['num_classes']} classes, {acc.shape[1]} folds)", fontsize=9)
-  ax.legend(fontsize=7)
+  ax.set_title(title.format(target=os.path.basename(os.path.normpath(result["target"]))), fontsize=9)
+  ax.legend(fontsize=legend_size)
   ax.grid(alpha=0.3)
   common.save_figure(fig, path)
