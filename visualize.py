@@ -221,8 +221,8 @@ def _logged_val_top1(path: str, step: int) -> float | None:
   """The val top-1 that training logged (metrics.jsonl) last at or before `step`; None for a .npz or none logged."""
   if path.endswith(".npz"):
     return None
-  records = [r for r in metrics.read(path) if "val_top1" in r and r["step"] <= step]
-  return float(records[-1]["val_top1"]) if records else None
+  top1 = metrics.validation_at(path, step).get("val_top1")
+  return None if top1 is None else float(top1)
 
 
 def run_occlusion(run: Run, out: str) -> report.Section:

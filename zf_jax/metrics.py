@@ -28,6 +28,12 @@ def read(workdir: str) -> list[dict]:
     return [json.loads(line) for line in f if line.strip()]
 
 
+def validation_at(workdir: str, step: int) -> dict:
+  """The last validation record (one with "val_top1") of workdir/metrics.jsonl at or before `step`; {} if none."""
+  records = [r for r in read(workdir) if "val_top1" in r and r["step"] <= step]
+  return records[-1] if records else {}
+
+
 class Writer:
   """Writes scalars for steps after `start_step` (0 for a fresh run).
 

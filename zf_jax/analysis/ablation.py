@@ -104,12 +104,6 @@ def paper_row(arch_name: str, config: Mapping[str, Any] | None = None) -> tuple[
   return PAPER.get(f"alexnet-{ablation}") if name.startswith("zfnet-") else None
 
 
-def _metrics_at(workdir: str, step: int) -> dict[str, float]:
-  """The last validation record of workdir/metrics.jsonl at or before `step` ({} if none)."""
-  records = [r for r in metrics.read(workdir) if "val_top1" in r and r["step"] <= step]
-  return records[-1] if records else {}
-
-
 def compute(workdirs: Sequence[str], epoch: float | None = None, train_images: int | None = None,
             batch_size: int = 128, data_dir: str | None = None, use_cache: bool = True) -> dict[str, Any]:
   """Table 3 from trained workdirs; the first is the base the changes are described against.
@@ -141,7 +135,7 @@ def compute(workdirs: Sequence[str], epoch: float | None = None, train_images: i
     options = dict(batch_size=batch_size, data_dir=data_dir, use_cache=use_cache, model=model)
     train = evaluation.evaluate_checkpoint(workdir, "train", 1, max_images=train_images, **options)
     val = evaluation.evaluate_checkpoint(workdir, "val", 10, **options)
-    logged = _metrics_at(workdir, model.step)
+    logged = metrics.validation_at(workdir, model.step)
     paper = paper_row(model.arch.name, model.config)
     rows.append({
         "workdirs": workdir, "arch": model.arch.name,
