@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 import json
 import os
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator
 
 import jax
 import ml_collections
@@ -34,19 +34,6 @@ ROLES = ("train", "val")
 READ_AHEAD = {"grain_workers": 0, "grain_read_threads": 4, "grain_prefetch": 4}
 
 
-class Subset:
-  """Images `indices` of a random-access source: `len(subset)`, `subset[i]` (a source itself)."""
-
-  def __init__(self, source: Any, indices: Sequence[int]):
-    self._source, self._indices = source, np.asarray(indices, np.int64)
-
-  def __len__(self) -> int:
-    return len(self._indices)
-
-  def __getitem__(self, index: int) -> dict[str, Any]:
-    return self._source[int(self._indices[index])]
-
-
 def evenly_spaced(source: Any, max_images: int | None) -> Any:
   """`source`, or `max_images` of its images evenly spaced through it (as `data.compute_mean_image`
   picks them: every class of a class-sorted split is represented)."""
@@ -55,7 +42,7 @@ def evenly_spaced(source: Any, max_images: int | None) -> Any:
     return source
   if max_images < 1:
     raise ValueError(f"max_images={max_images} must be >= 1 (or None for all {n} images)")
-  return Subset(source, np.linspace(0, n - 1, max_images).round().astype(np.int64))
+  return data.few_shot.Subset(source, np.linspace(0, n - 1, max_images).round().astype(np.int64))
 
 
 def _check(model: checkpoint.Loaded, source: Any, num_crops: int, batch_size: int) -> None:
