@@ -103,6 +103,7 @@ class Manager:
       (params, opt_state, extras as numpy, meta).
     """
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, (params, opt_state))
+    _drop_closed_loop_reports()
     try:
       restored = self._manager.restore(step, args=ocp.args.Composite(
           params=ocp.args.StandardRestore(abstract[0]), opt_state=ocp.args.StandardRestore(abstract[1]),
@@ -137,6 +138,7 @@ def _read_only(workdir: str, step: int | None = None) -> Iterator[ocp.Checkpoint
   if not os.path.isdir(directory):
     raise ValueError(f"workdir={workdir!r} holds no checkpoints ({directory} does not exist)")
   manager = _manager(workdir, ocp.CheckpointManagerOptions(create=False))
+  _drop_closed_loop_reports()
   try:
     yield manager
   except Exception as e:  # orbax, tensorstore and json errors alike
@@ -157,17 +159,29 @@ def _unreadable(directory: str, step: int | None, error: Exception) -> ValueErro
 
 def _drop_closed_loop_reports() -> None:
   """orbax closes its event loop at the first failed read of a restore; tensorstore's other reads of that
-  restore then each report RuntimeError("Event loop is closed") through sys.unraisablehook, a traceback
-  apiece after our error line. Drops exactly those reports (installed once; others go to the old hook)."""
-  previous = sys.unraisablehook
-  if getattr(previous, "zf_jax_closed_loop_filter", False):
-    return
+  restore then each report RuntimeError("Event loop is closed"), through sys.unraisablehook or printed via
+  sys.excepthook from their callback threads: a traceback apiece after our error line. Drops exactly
+  those reports from both hooks (installed once, before the first restore, since the reports race with
+  the failure; every other report goes to the previous hook)."""
+  def closed_loop(exc: BaseException | None) -> bool:
+    return isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
 
-  def hook(unraisable: Any) -> None:
-    if not (isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed"):
-      previous(unraisable)
-  hook.zf_jax_closed_loop_filter = True
-  sys.unraisablehook = hook
+  if not getattr(sys.unraisablehook, "zf_jax_closed_loop_filter", False):
+    previous_unraisable = sys.unraisablehook
+
+    def unraisable_hook(unraisable: Any) -> None:
+      if not closed_loop(unraisable.exc_value):
+        previous_unraisable(unraisable)
+    unraisable_hook.zf_jax_closed_loop_filter = True
+    sys.unraisablehook = unraisable_hook
+  if not getattr(sys.excepthook, "zf_jax_closed_loop_filter", False):
+    previous_except = sys.excepthook
+
+    def except_hook(kind: type, value: BaseException, tb: Any) -> None:
+      if not closed_loop(value):
+        previous_except(kind, value, tb)
+    except_hook.zf_jax_closed_loop_filter = True
+    sys.excepthook = except_hook
 
 
 def _manager(workdir: str, options: ocp.CheckpointManagerOptions) -> ocp.CheckpointManager:
