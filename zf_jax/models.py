@@ -424,28 +424,39 @@ def forward(arch: Arch, params: Params, images: jax.Array, train: bool = False,
   return _forward(arch, params, images, train, rng)
 
 
+def apply_layer(layer: Layer, params: Params, x: jax.Array,
+                padding: Any = None) -> tuple[jax.Array, jax.Array | None]:
+  """One layer without dropout on x [B, ...]: (output, the pool's switches or None).
+
+  `padding` overrides a conv's or pool's own (e.g. for a window cut out of a map). Conv and Dense
+  outputs are rectified (a Dense only if layer.relu).
+  """
+  if isinstance(layer, Conv):
+    p = params[layer.name]
+    return jax.nn.relu(layers.conv2d(x, p["kernel"], p["bias"], layer.stride,
+                                     layer.padding if padding is None else padding)), None
+  if isinstance(layer, Pool):
+    return layers.max_pool(x, layer.window, layer.stride, layer.padding if padding is None else padding)
+  if isinstance(layer, Norm):
+    return layers.local_response_norm(x, layer.size, layer.alpha, layer.beta, layer.k), None
+  p = params[layer.name]
+  x = x.reshape(x.shape[0], -1) @ p["kernel"] + p["bias"]
+  return (jax.nn.relu(x) if layer.relu else x), None
+
+
 @functools.partial(jax.jit, static_argnames=("arch", "train"))
 def _forward(arch: Arch, params: Params, images: jax.Array, train: bool,
              rng: jax.Array | None) -> tuple[jax.Array, Trace]:
   x = images.astype(jax.tree.leaves(params)[0].dtype)  # float32, or bfloat16 params for bf16 compute
   activations, switches = {}, {}
   for layer in arch.layers:
-    if isinstance(layer, Conv):
-      p = params[layer.name]
-      x = jax.nn.relu(layers.conv2d(x, p["kernel"], p["bias"], layer.stride, layer.padding))
+    x, layer_switches = apply_layer(layer, params, x)
+    if layer_switches is not None:
+      switches[layer.name] = layer_switches
+    if isinstance(layer, (Conv, Dense)):
       activations[layer.name] = x
-    elif isinstance(layer, Pool):
-      x, switches[layer.name] = layers.max_pool(x, layer.window, layer.stride, layer.padding)
-    elif isinstance(layer, Norm):
-      x = layers.local_response_norm(x, layer.size, layer.alpha, layer.beta, layer.k)
-    else:
-      p = params[layer.name]
-      x = x.reshape(x.shape[0], -1) @ p["kernel"] + p["bias"]
-      if layer.relu:
-        x = jax.nn.relu(x)
-      activations[layer.name] = x
-      if train and layer.dropout:
-        rng, sub = jax.random.split(rng)
-        keep = jax.random.bernoulli(sub, 1.0 - layer.dropout, x.shape)
-        x = jnp.where(keep, x / (1.0 - layer.dropout), 0.0)
+    if train and isinstance(layer, Dense) and layer.dropout:
+      rng, sub = jax.random.split(rng)
+      keep = jax.random.bernoulli(sub, 1.0 - layer.dropout, x.shape)
+      x = jnp.where(keep, x / (1.0 - layer.dropout), 0.0)
   return x, Trace(activations, switches)

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from zf_jax import layers
+from zf_jax import models
 from zf_jax.models import Arch, Conv, Dense, Norm, Params, Pool
 
 
@@ -112,17 +112,7 @@ def flops(arch: Arch, params: Params, size: int, threshold: float | None = None)
 
 def _apply(spec: Conv | Pool | Norm | Dense, params: Params, x: jax.Array, padding=None) -> jax.Array:
   """One layer at inference on [B, ...] (pools without switches); `padding` overrides the layer's."""
-  if isinstance(spec, Conv):
-    p = params[spec.name]
-    pad = spec.padding if padding is None else padding
-    return jax.nn.relu(layers.conv2d(x, p["kernel"], p["bias"], spec.stride, pad))
-  if isinstance(spec, Pool):
-    return layers.max_pool(x, spec.window, spec.stride, spec.padding if padding is None else padding)[0]
-  if isinstance(spec, Norm):
-    return layers.local_response_norm(x, spec.size, spec.alpha, spec.beta, spec.k)
-  p = params[spec.name]
-  x = x.reshape(x.shape[0], -1) @ p["kernel"] + p["bias"]
-  return jax.nn.relu(x) if spec.relu else x
+  return models.apply_layer(spec, params, x, padding)[0]
 
 
 @functools.partial(jax.jit, static_argnames="arch")
