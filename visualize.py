@@ -128,6 +128,13 @@ class Run:
       return common.prepare_images(self.photos, arch.input_size, self.image_size, mean)
     return common.DatasetInputs(self.dataset.source, arch.input_size, self.image_size, mean, NUM_IMAGES.value or None)
 
+  def scan_labels(self) -> np.ndarray | None:
+    """int32 labels of `scan_inputs` (None for --images)."""
+    if self.photos is not None:
+      return None
+    labels = data.few_shot.labels_of(self.dataset.source)
+    return labels[:NUM_IMAGES.value] if NUM_IMAGES.value else labels
+
   def examples(self, n: int) -> tuple[np.ndarray, np.ndarray | None]:
     """uint8 [n, R, R, 3] images at the run's image size R and their labels (None for --images); n = 0:
     the whole split."""
@@ -166,7 +173,7 @@ def _write(module: Any, result: dict, out: str, name: str, title: str, caption: 
 def run_topk(run: Run, out: str) -> report.Section:
   result = topk.compute(run.model.arch, run.model.params, run.scan_inputs(), LAYERS.value, _ints("maps", MAPS.value),
                         NUM_MAPS.value or None, K.value, BATCH_SIZE.value, mean_image=run.model.mean_image,
-                        rule=RULE.value, seed=SEED.value, progress=True)
+                        rule=RULE.value, seed=SEED.value, progress=True, labels=run.scan_labels())
   figures = {f"topk_{layer}.png": functools.partial(topk.plot, result, layer=str(layer)) for layer in result["layers"]}
   return _write(topk, result, out, "topk", "Fig. 2: top activations, projected, beside their image patches",
                 f"Per layer, feature maps chosen at random; per map the top {K.value} activations over "

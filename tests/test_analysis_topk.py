@@ -113,6 +113,25 @@ def test_compute_projects_each_winner_with_its_own_image():
   assert summary["conv2"]["top"]["5"][0][:3] == [int(result["conv2/images"][1, 0]), *result["conv2/positions"][1, 0]]
 
 
+def test_class_share_counts_the_top_images_classes():
+  np.testing.assert_allclose(topk.class_share(np.array([[3, 3, 1, 3], [0, 1, 2, 4], [2, 2, 5, 5]])),
+                             [0.75, 0.25, 0.5])
+  arch, params = _model(dead_map=None)
+  images = _images(12)
+  labels = np.arange(12) % 3
+  result = topk.compute(arch, params, images, layers=["conv1"], maps=[0], k=3, batch_size=BATCH, labels=labels)
+  top_labels = labels[topk.scan(arch, params, images, ["conv1"], k=3, batch_size=BATCH)["conv1"]["image"]]
+  np.testing.assert_allclose(result["conv1/class_share"], topk.class_share(top_labels))
+  assert 1 / 3 < result["class_share_chance"] < 0.7  # 3 of 12 images in 3 classes: 1/3 only if all differ
+  summary = topk.summary(result)
+  assert summary["class_share_chance"] == pytest.approx(float(result["class_share_chance"]))
+  assert summary["conv1"]["class_share"]["mean"] == pytest.approx(float(result["conv1/class_share"].mean()))
+  without = topk.compute(arch, params, images, layers=["conv1"], maps=[0], k=3, batch_size=BATCH)
+  np.testing.assert_array_equal(without["conv1/projections"], result["conv1/projections"])
+  with pytest.raises(ValueError, match=r"labels has shape \(5,\); allowed: one label per image, \[12\]"):
+    topk.compute(arch, params, images, layers=["conv1"], k=3, labels=labels[:5])
+
+
 def test_crop_keeps_the_units_place_at_the_edges():
   pixels = np.arange(8 * 8 * 3, dtype=np.float32).reshape(8, 8, 3)
   out = topk.crop(pixels, (0, 2, 3, 7), 5, fill=-1)  # clipped at the top: aligned to the bottom

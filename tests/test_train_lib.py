@@ -162,19 +162,22 @@ def test_large_jpegs_decode_at_reduced_scale():
   assert fast.shape == (64, 64, 3) and np.abs(fast - full).mean() < 4
 
 
-@pytest.mark.slow  # ~12 min on 2 cores shared with a training run (bf16 convolutions are slow on CPU)
+@pytest.mark.slow  # 12-22 min on 2 cores shared with training runs
 def test_demo_learns_in_bfloat16(tmp_path):
-  """configs/demo.py with compute_dtype=bfloat16 learns: well above chance (0.1) after 12 epochs.
+  """configs/demo.py with compute_dtype=bfloat16 learns as float32 does.
 
-  Measured (python train.py --config=configs/demo.py --config.compute_dtype=bfloat16): val top-1 0.254,
-  top-5 0.930, against float32's 0.648 / 0.998. bf16 takes off later and climbs more slowly; the gap
-  is not explained yet (issue 11 stays open for it).
+  Measured (python train.py --config=configs/demo.py --config.compute_dtype=bfloat16, learning rate never
+  annealed, as in float32's run): train loss 0.805 over the last log interval against float32's 0.808; val
+  top-1 0.490, top-5 0.984 after 12 epochs (0.704 after 11; float32: 0.648 / 0.998, 0.724 after 11). With
+  plateau_patience 2 the chance-level epochs annealed the rate after epoch 4 and bf16 ended at 0.254
+  (tests/test_bf16.py).
   """
   from configs import demo
   config = demo.get_config()
   config.update({"compute_dtype": "bfloat16", "data_dir": str(tmp_path / "tfds"), "grain_workers": 1})
   result = train_lib.train_and_evaluate(config, str(tmp_path / "demo"))
-  assert result["val_top1"] > 0.2
+  assert result["learning_rate"] == pytest.approx(config.learning_rate)  # never annealed (see test_bf16.py)
+  assert result["train_loss"] < 1.2 and result["val_top1"] > 0.35
 
 
 def test_bfloat16_step_matches_float32():

@@ -285,7 +285,7 @@ def crops(arch: Arch, layer: str, images: Any, image: np.ndarray, y: np.ndarray,
 def compute(arch: Arch, params: Params, images: Any, layers: Sequence[str] | None = None,
             maps: Sequence[int] | None = None, num_maps: int | None = 16, k: int = K, batch_size: int = 64,
             distinct: bool = True, mean_image: Any = None, rule: str = "deconvnet", seed: int = 0,
-            progress: bool = False) -> dict[str, np.ndarray]:
+            progress: bool = False, labels: Any = None) -> dict[str, np.ndarray]:
   """Fig. 2: the top-k activations of chosen maps over a split, projected and beside their patches.
 
   Args:
@@ -302,6 +302,7 @@ def compute(arch: Arch, params: Params, images: Any, layers: Sequence[str] | Non
     rule: the deconvnet's ReLU rule ("deconvnet", "guided", "saliency").
     seed: for the random choice of maps.
     progress: progress bar on the scan.
+    labels: int [N], the images' classes (optional): then how class-specific each map's top k is.
 
   Returns:
     "layers" [L], "num_images" (N scanned), "k", and for each layer: "L/maps" int [M],
@@ -309,13 +310,23 @@ def compute(arch: Arch, params: Params, images: Any, layers: Sequence[str] | Non
     "L/values" [M, k], "L/images" [M, k] (indices into `images`), "L/positions" [M, k, 2] (y, x),
     "L/boxes" [M, k, 4] (receptive fields, y0 x0 y1 x1 half-open), "L/projections" and
     "L/patches" [M, k, P, P, 3] in [0, 1], P the layer's largest receptive field.
+    With `labels`: "L/class_share" [c], per map the largest share of its top k images that belong to one
+    class, and "class_share_chance", its expected value for k images drawn at random from the split.
   """
   layers = check_layers(arch, layers)
   rng = np.random.default_rng(seed)
   for layer in layers if maps is not None else ():  # before the scan: fail fast
     choose_maps(arch.shapes()[layer][-1], maps, None, rng)
+  if labels is not None:
+    labels = np.asarray(labels)
+    if labels.shape != (len(images),):
+      raise ValueError(f"labels has shape {labels.shape}; allowed: one label per image, [{len(images)}]")
   top = scan(arch, params, images, layers, k, batch_size, distinct, progress)
   out = {"layers": np.array(layers), "num_images": np.int64(len(images)), "k": np.int64(k)}
+  if labels is not None:
+    draws = np.random.default_rng([seed, 1])
+    random_top = np.stack([draws.choice(len(labels), k, replace=False) for _ in range(CHANCE_DRAWS)])
+    out["class_share_chance"] = np.float64(class_share(labels[random_top]).mean())
   for layer in layers:
     t = top[layer]
     chosen = choose_maps(t["value"].shape[0], maps, num_maps, rng, active=t["value"][:, 0] > 0)
@@ -328,7 +339,18 @@ def compute(arch: Arch, params: Params, images: Any, layers: Sequence[str] | Non
             f"{layer}/values": t["value"][chosen], f"{layer}/images": t["image"][chosen],
             f"{layer}/positions": np.stack([t["y"][chosen], t["x"][chosen]], axis=-1),
             **{f"{layer}/{name}": a.reshape(m, k, *a.shape[1:]) for name, a in shown.items()}}
+    if labels is not None:
+      out[f"{layer}/class_share"] = class_share(labels[t["image"]])
   return out
+
+
+CHANCE_DRAWS = 2000  # random top-k draws behind class_share_chance
+
+
+def class_share(labels: np.ndarray) -> np.ndarray:
+  """int [M, k] classes of each map's top k images -> float [M]: the largest share held by one class."""
+  counts = (labels[:, :, None] == labels[:, None, :]).sum(-1)
+  return counts.max(-1) / labels.shape[1]
 
 
 def mosaic(tiles: np.ndarray, columns: int, gap: int = 1, fill: float = 1.0) -> np.ndarray:
@@ -367,15 +389,21 @@ def plot(result: Mapping[str, np.ndarray], path: str, layer: str) -> None:
 
 
 def summary(result: Mapping[str, np.ndarray]) -> dict[str, Any]:
-  """JSON-able numbers: per layer the maps never active over the split, and each shown map's top k
-  as [image, y, x, activation]."""
+  """JSON-able numbers: per layer the maps never active over the split, each shown map's top k
+  as [image, y, x, activation], and with labels how class-specific the top k are (mean and median
+  over the layer's live maps of `class_share`, beside `class_share_chance`)."""
   out: dict[str, Any] = {"num_images": int(result["num_images"]), "k": int(result["k"])}
+  if "class_share_chance" in result:
+    out["class_share_chance"] = float(result["class_share_chance"])
   for layer in result["layers"]:
     layer = str(layer)
     best = result[f"{layer}/max_activation"]
     out[layer] = {
         "num_maps": len(best), "silent_maps": int((best <= 0).sum()),
         "max_activation": {"median": float(np.median(best)), "max": float(best.max())},
+        **({"class_share": {"mean": float(result[f"{layer}/class_share"][best > 0].mean()),
+                            "median": float(np.median(result[f"{layer}/class_share"][best > 0]))}}
+           if f"{layer}/class_share" in result and (best > 0).any() else {}),
         "top": {int(c): [[int(i), int(y), int(x), round(float(v), 6)] for i, (y, x), v in zip(im, pos, val)]
                 for c, im, pos, val in zip(result[f"{layer}/maps"], result[f"{layer}/images"],
                                            result[f"{layer}/positions"], result[f"{layer}/values"])}}
