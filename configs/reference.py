@@ -13,7 +13,11 @@ nothing left to try, with these changes:
     The 10-crop numbers of the paper's protocol are computed from the final checkpoint
     (`visualize.py ablation`), which saves a third of each epoch's time on 2 CPU cores.
   * Checkpoints kept at epochs 1, 2, 5, 10, 20, 30, 40 for Fig. 4.
-Measured result: see docs/REPRODUCTION.md (written from this run's metrics and checkpoint).
+Measured result (2026-11-22, 2 CPU cores): lr 1e-2 -> 1e-3 after epoch 16, -> 1e-4 after epoch 21;
+stopped at epoch 24 (converged). Val top-1 0.451, top-5 0.722 with 10 crops (center crop 0.417 /
+0.702); train top-1 0.494 (center crops, no dropout):
+  python visualize.py ablation --workdirs=$HOME/zf-runs/reference --out=docs/figures/reference
+Every claim measured on it: docs/REPRODUCTION.md.
 """
 import ml_collections
 
