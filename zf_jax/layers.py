@@ -25,7 +25,15 @@ def conv2d(x: jax.Array, kernel: jax.Array, bias: jax.Array, stride: int, paddin
 
   Returns:
     [B, Ho, Wo, O] with Ho = (H + top + bottom - k) // stride + 1.
+
+  A convolution with no padding at all runs with one zero row and column of high padding, cropped
+  away again: the same numbers, but XLA:CPU runs unpadded convolutions about 4x slower per FLOP
+  (measured on ZF-224's conv2 and on VGG16's and zfnet's occlusion windows, `bench.occlusion.layer_times`).
   """
+  if all(p == 0 for side in padding for p in side):
+    ho, wo = ((n - kernel.shape[0]) // stride + 1 for n in x.shape[1:3])
+    y = lax.conv_general_dilated(x, kernel, (stride, stride), ((0, 1), (0, 1)), dimension_numbers=_DIMS)
+    return y[:, :ho, :wo] + bias
   y = lax.conv_general_dilated(x, kernel, (stride, stride), padding, dimension_numbers=_DIMS)
   return y + bias
 

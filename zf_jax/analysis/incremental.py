@@ -6,7 +6,7 @@ occluder position, each position starts from the unoccluded image's maps (kept o
 layer by layer, recomputes only a window of the layer's output: the n x n input patch that changed
 is placed into the stored input map (with the halo of rows and columns the kernel, pooling window
 or padding needs around it; `max_pool` pads with -inf, the convs with 0), the layer runs on that
-region without padding (`_unpadded`: XLA:CPU's fast path), and its m x m output is the next patch. Local contrast normalization works
+region without padding (`_unpadded`), and its m x m output is the next patch. Local contrast normalization works
 across maps only, so its window is the patch itself. Once a window would cover its whole map, the
 patch is spliced into the stored map and the rest runs on whole maps (at 64 px from about conv3; at
 224 px, for small occluders, only the fc layers). All positions of one image run as one vmap over
@@ -154,13 +154,10 @@ def _window(spec: Conv | Pool, side_out: int, m: int, patch_start: jax.Array, n:
 def _unpadded(spec: Conv | Pool, params: Params, region: jax.Array, m: int) -> jax.Array:
   """The layer on region [side, side, c] without its padding -> its m x m outputs [m, m, c'].
 
-  A conv runs with one zero row and column of high padding, cropped away again: XLA:CPU runs
-  convolutions with no padding at all about 4x slower per FLOP than padded ones (measured on VGG16's and
-  zfnet's windows, `bench.occlusion.layer_times`). At stride > 1 the extra zeros add no output; at stride
-  1 they add one row and column, which the crop drops.
+  (`layers.conv2d` runs an unpadded conv on XLA:CPU's fast padded path: these windows were 4x slower
+  per FLOP before it did, `bench.occlusion.layer_times`.)
   """
-  padding = ((0, 1), (0, 1)) if isinstance(spec, Conv) else ((0, 0), (0, 0))
-  return _apply(spec, params, region[None], padding)[0, :m, :m]
+  return _apply(spec, params, region[None], ((0, 0), (0, 0)))[0, :m, :m]
 
 
 def window_layer(spec: Conv | Pool | Norm, params: Params, stored: jax.Array, m: int, patch: jax.Array,
