@@ -107,8 +107,7 @@ def test_train_batches_are_a_function_of_seed_and_step():
 
 def test_eval_batches_ten_crops_and_padding():
   source = _images(5)
-  mean = np.zeros((64, 64, 3), np.float32)
-  batches = input_pipeline.eval_dataset(source, 64, mean, 4, 56, 10)
+  batches = input_pipeline.eval_dataset(source, 64, 4, 56, 10)
   assert len(batches) == 2
   crops, labels, mask = (batches[1][k] for k in ("image", "label", "mask"))
   assert crops.shape == (4, 10, 56, 56, 3) and list(mask) == [True, False, False, False] and labels[0] == 4 % 3
@@ -116,7 +115,13 @@ def test_eval_batches_ten_crops_and_padding():
   np.testing.assert_array_equal(crops[0, 0], image[:56, :56])            # top-left corner
   np.testing.assert_array_equal(crops[0, 4], image[4:60, 4:60])          # center
   np.testing.assert_array_equal(crops[0, 9], image[4:60, 4:60][:, ::-1])  # center, flipped
-  halves = [input_pipeline.eval_dataset(source, 64, mean, 4, 56, 1, (i, 2))[1] for i in range(2)]
+  # The model's inputs: the crops of the mean-subtracted image (section 3), made from the crops' boxes.
+  mean = np.random.default_rng(1).normal(100, 50, (64, 64, 3)).astype(np.float32)
+  inputs = np.asarray(input_pipeline.normalize(crops, batches[1]["box"], mean))
+  assert inputs.dtype == np.float32
+  np.testing.assert_array_equal(inputs[0, 1], (image - mean)[:56, 8:])
+  np.testing.assert_array_equal(inputs[0, 9], (image - mean)[4:60, 4:60][:, ::-1])
+  halves = [input_pipeline.eval_dataset(source, 64, 4, 56, 1, (i, 2))[1] for i in range(2)]
   assert halves[0]["image"].shape == (2, 1, 56, 56, 3) and list(halves[0]["mask"]) + list(halves[1]["mask"]) == \
       [True, False, False, False]
 
@@ -126,7 +131,7 @@ def test_loader_state_resumes_exactly(workers):
   """The Grain iterator's state (what checkpoints save) restarts it at the next batch, with worker processes too."""
   datasets = input_pipeline.Datasets(_images(40), _images(5), 3, None, 64)
   mean = data.compute_mean_image(datasets.train, 64)
-  dataset = input_pipeline.train_dataset(datasets, mean, 0, 8, 56, 12)
+  dataset = input_pipeline.train_dataset(datasets, 0, 8, 56, 12)
   config = ml_collections.ConfigDict({"grain_workers": workers, "grain_read_threads": 2, "grain_prefetch": 2})
   first = input_pipeline.loader(dataset, config)
   for _ in range(3):
@@ -141,7 +146,8 @@ def test_loader_state_resumes_exactly(workers):
   assert [int(b["step"][0]) for b in got] == [3, 4, 5, 6]
   for a, b in zip(want, got):
     np.testing.assert_array_equal(a["image"], b["image"])
-  np.testing.assert_array_equal(got[0]["image"], input_pipeline.train_batch(datasets, mean, 0, 3, 8, 56)[0])
+  np.testing.assert_array_equal(input_pipeline.normalize(got[0]["image"], got[0]["box"], mean),
+                                input_pipeline.train_batch(datasets, mean, 0, 3, 8, 56)[0])
 
 
 def test_large_jpegs_decode_at_reduced_scale():

@@ -59,15 +59,19 @@ def batches(model: checkpoint.Loaded, source: Any, num_crops: int = 10,
   """Every image of `source` once, in order, as the model's evaluation inputs (`input_pipeline.eval_dataset`).
 
   Yields:
-    {"image": float32 [B, num_crops, S, S, 3] mean-subtracted crops (S = model.arch.input_size),
+    {"image": float32 [B, num_crops, S, S, 3] mean-subtracted crops (S = model.arch.input_size; on the device),
      "label": int32 [B], "mask": bool [B] (False on the last batch's padding)}; B = batch_size.
   """
   _check(model, source, num_crops, batch_size)
   mean = np.asarray(model.mean_image, np.float32)
   image_size = mean.shape[0] if mean.ndim == 3 else data.image_size_for(model.arch)
   mean = np.broadcast_to(mean, (image_size, image_size, 3))
-  dataset = input_pipeline.eval_dataset(source, image_size, mean, batch_size, model.arch.input_size, num_crops)
-  yield from input_pipeline.loader(dataset, ml_collections.ConfigDict(READ_AHEAD))
+  dataset = input_pipeline.eval_dataset(source, image_size, batch_size, model.arch.input_size, num_crops)
+  for batch in input_pipeline.loader(dataset, ml_collections.ConfigDict(READ_AHEAD)):
+    yield {"image": _normalize(batch["image"], batch["box"], mean), "label": batch["label"], "mask": batch["mask"]}
+
+
+_normalize = jax.jit(input_pipeline.normalize)  # the loader's uint8 crops minus the mean's, on the device
 
 
 _eval_step = jax.jit(train_lib.eval_step, static_argnums=0)  # compiled once per (arch, batch shape)

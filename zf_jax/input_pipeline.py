@@ -8,6 +8,12 @@ uninterrupted run would:
     numpy generator seeded by (seed, step, i), whichever process, worker or device it lands on.
 Evaluation takes the center crop or the 10 crops (corners + center, with flips) of every image.
 
+The loader hands out uint8 crops with their boxes (where each was cut from the S x S image); `normalize`
+subtracts the mean image's same crop on the device (the float32 values of the mean-subtracted crop,
+bit for bit). A worker process thus sends 1 byte a pixel instead of 4, and the host copies 4x fewer
+bytes to the device (handing float32 crops back from a worker was its costliest step after decoding
+and resizing: bench/input_pipeline.py profiles it).
+
 Each process reads only its contiguous B / process_count images of every global batch (`shard`).
 The records are a `grain.MapDataset` (one decoded, augmented image each), batched per process;
 `loader` turns one into an iterator that decodes on `config.grain_workers` worker processes (0: read
@@ -20,6 +26,8 @@ import functools
 from typing import Any
 
 import grain
+import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import flags
@@ -58,13 +66,13 @@ def _local(batch_size: int, shard: tuple[int, int]) -> int:
   return batch_size // count
 
 
-def train_example(datasets: Datasets, mean_image: np.ndarray, seed: int, batch_size: int, crop: int,
-                  shard: tuple[int, int], record: int) -> dict[str, np.ndarray]:
+def train_example(datasets: Datasets, seed: int, batch_size: int, crop: int, shard: tuple[int, int],
+                  record: int) -> dict[str, np.ndarray]:
   """Record `record` of this process: image i = index * B / count + record % (B / count) of batch record // (B / count).
 
   Returns:
-    {"image": float32 [crop, crop, 3] mean-subtracted random crop (flipped or not), "label": int32 [],
-    "step": int32 [] the global step}.
+    {"image": uint8 [crop, crop, 3] random crop (flipped or not), "box": int32 [3] where (`normalize`),
+    "label": int32 [], "step": int32 [] the global step}.
   """
   local = _local(batch_size, shard)
   step, j = divmod(record, local)
@@ -72,19 +80,18 @@ def train_example(datasets: Datasets, mean_image: np.ndarray, seed: int, batch_s
   n = len(datasets.train)
   epoch, batch = divmod(step, n // batch_size)
   example = datasets.train[int(epoch_order(seed, epoch, n)[batch * batch_size + i])]
-  image = preprocess.subtract_mean(preprocess.resize_and_center_crop(example["image"], datasets.image_size),
-                                   mean_image)
-  image = preprocess.random_crop_flip(image[None], crop, np.random.default_rng([seed, step, i]))[0]
-  return {"image": image, "label": np.int32(example["label"]), "step": np.int32(step)}
+  image = preprocess.resize_and_center_crop(example["image"], datasets.image_size)
+  box = preprocess.random_crop_boxes(1, datasets.image_size, crop, np.random.default_rng([seed, step, i]))
+  return {"image": preprocess.crop_flip(image[None], crop, *box)[0], "box": np.int32(np.concatenate(box)),
+          "label": np.int32(example["label"]), "step": np.int32(step)}
 
 
-def train_dataset(datasets: Datasets, mean_image: np.ndarray, seed: int, batch_size: int, crop: int,
-                  num_steps: int, shard: tuple[int, int] = (0, 1)) -> grain.MapDataset:
+def train_dataset(datasets: Datasets, seed: int, batch_size: int, crop: int, num_steps: int,
+                  shard: tuple[int, int] = (0, 1)) -> grain.MapDataset:
   """This process's parts of global training batches 0 .. num_steps - 1: element `step` is batch `step`.
 
   Args:
     datasets: the data.
-    mean_image: float32 [S, S, 3].
     seed: the run's seed.
     batch_size: B, the global batch.
     crop: the model's input side (224 or 56).
@@ -92,59 +99,88 @@ def train_dataset(datasets: Datasets, mean_image: np.ndarray, seed: int, batch_s
     shard: (process index, process count); each process takes its contiguous B / count images.
 
   Returns:
-    A MapDataset of {"image": float32 [B / count, crop, crop, 3], "label": int32 [B / count],
+    A MapDataset of {"image": uint8 [B / count, crop, crop, 3], "box": int32 [B / count, 3] (the
+    mean-subtracted crops are `normalize(image, box, mean_image)`), "label": int32 [B / count],
     "step": int32 [B / count]}.
   """
   local = _local(batch_size, shard)
-  make = functools.partial(train_example, datasets, mean_image, seed, batch_size, crop, shard)
+  make = functools.partial(train_example, datasets, seed, batch_size, crop, shard)
   return grain.MapDataset.range(num_steps * local).map(make).batch(local, drop_remainder=True)
 
 
 def train_batch(datasets: Datasets, mean_image: np.ndarray, seed: int, step: int, batch_size: int, crop: int,
                 shard: tuple[int, int] = (0, 1)) -> tuple[np.ndarray, np.ndarray]:
   """This process's part of global training batch `step`: float32 [B / count, crop, crop, 3], int32 [B / count]."""
-  batch = train_dataset(datasets, mean_image, seed, batch_size, crop, step + 1, shard)[step]
-  return batch["image"], batch["label"]
+  batch = train_dataset(datasets, seed, batch_size, crop, step + 1, shard)[step]
+  return np.asarray(normalize(batch["image"], batch["box"], mean_image)), batch["label"]
 
 
-def eval_example(source: Any, image_size: int, mean_image: np.ndarray, batch_size: int, crop: int, num_crops: int,
-                 shard: tuple[int, int], record: int) -> dict[str, np.ndarray]:
+def eval_example(source: Any, image_size: int, batch_size: int, crop: int, num_crops: int, shard: tuple[int, int],
+                 record: int) -> dict[str, np.ndarray]:
   """Record `record` of this process's evaluation images (image 0 stands in for padding past the end).
 
   Returns:
-    {"image": float32 [num_crops, crop, crop, 3], "label": int32 [], "mask": bool [] (False on padding)}.
+    {"image": uint8 [num_crops, crop, crop, 3], "box": int32 [num_crops, 3] where (`normalize`),
+    "label": int32 [], "mask": bool [] (False on padding)}.
   """
   local = _local(batch_size, shard)
   batch, j = divmod(record, local)
   index = batch * batch_size + shard[0] * local + j
   real = index < len(source)
   example = source[int(index) if real else 0]
-  image = preprocess.subtract_mean(preprocess.resize_and_center_crop(example["image"], image_size), mean_image)
-  crops = preprocess.ten_crops(image[None], crop)[0] if num_crops == 10 else preprocess.center_crop(image, crop)[None]
-  return {"image": crops, "label": np.int32(example["label"]), "mask": np.bool_(real)}
+  image = preprocess.resize_and_center_crop(example["image"], image_size)
+  center = (image_size - crop) // 2
+  box = preprocess.ten_crop_boxes(image_size, crop) if num_crops == 10 else ([center], [center], [False])
+  crops = preprocess.crop_flip(np.broadcast_to(image, (num_crops, *image.shape)), crop, *box)
+  return {"image": crops, "box": np.int32(np.stack(box, axis=-1)), "label": np.int32(example["label"]),
+          "mask": np.bool_(real)}
 
 
-def eval_dataset(source: Any, image_size: int, mean_image: np.ndarray, batch_size: int, crop: int, num_crops: int,
+def eval_dataset(source: Any, image_size: int, batch_size: int, crop: int, num_crops: int,
                  shard: tuple[int, int] = (0, 1)) -> grain.MapDataset:
   """Every image of `source` once, in order, in batches of B (global; the last one padded).
 
   Args:
     source: the split to evaluate.
     image_size: S.
-    mean_image: float32 [S, S, 3].
     batch_size: B images (global) per batch.
     crop: the model's input side.
     num_crops: 1 (center) or 10 (corners + center, with flips; section 3).
     shard: (process index, process count).
 
   Returns:
-    A MapDataset of this process's parts: {"image": float32 [B / count, num_crops, crop, crop, 3],
-    "label": int32 [B / count], "mask": bool [B / count] (False on padding)}.
+    A MapDataset of this process's parts: {"image": uint8 [B / count, num_crops, crop, crop, 3], "box":
+    int32 [B / count, num_crops, 3] (`normalize`), "label": int32 [B / count], "mask": bool [B / count]
+    (False on padding)}.
   """
   local = _local(batch_size, shard)
   num_batches = -(-len(source) // batch_size)
-  make = functools.partial(eval_example, source, image_size, mean_image, batch_size, crop, num_crops, shard)
+  make = functools.partial(eval_example, source, image_size, batch_size, crop, num_crops, shard)
   return grain.MapDataset.range(num_batches * local).map(make).batch(local)
+
+
+def normalize(images: jax.Array, boxes: jax.Array, mean_image: jax.Array) -> jax.Array:
+  """The model's inputs from the loader's crops (section 3): each crop minus the mean image's same crop.
+
+  Equals cropping the mean-subtracted image, bit for bit (the same float32 subtractions); jit it to run on
+  the device.
+
+  Args:
+    images: uint8 [..., crop, crop, 3] crops of S x S images.
+    boxes: int [..., 3]: each crop's top row, left column and flip (1: mirrored).
+    mean_image: float32 [S, S, 3].
+
+  Returns:
+    float32 [..., crop, crop, 3].
+  """
+  crop, mean_image = images.shape[-2], jnp.asarray(mean_image, jnp.float32)
+
+  def one(image: jax.Array, box: jax.Array) -> jax.Array:
+    mean = jax.lax.dynamic_slice(mean_image, (box[0], box[1], 0), (crop, crop, mean_image.shape[-1]))
+    return image.astype(jnp.float32) - jnp.where(box[2] != 0, mean[:, ::-1], mean)
+
+  flat = jax.vmap(one)(images.reshape(-1, *images.shape[-3:]), boxes.reshape(-1, 3))
+  return flat.reshape(images.shape)
 
 
 def loader(dataset: grain.MapDataset, config: ml_collections.ConfigDict) -> grain.DatasetIterator:

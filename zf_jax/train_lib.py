@@ -382,11 +382,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                      donate_argnums=(0, 1), out_shardings=(replicated, replicated, replicated))
   eval_fn = jax.jit(functools.partial(eval_step, arch, compute_dtype=dtype), out_shardings=replicated)
   to_device = functools.partial(jax.make_array_from_process_local_data, split)
+  # The loader's uint8 crops minus the mean's same crops, on the device (input_pipeline.normalize).
+  inputs = functools.partial(jax.jit(input_pipeline.normalize, out_shardings=split),
+                             mean_image=jax.device_put(np.asarray(mean_image, np.float32), replicated))
   writer = metrics.Writer(workdir, step, enabled=jax.process_index() == 0)
   # Batches [origin, num_steps): the iterator's saved position counts from origin. Checkpoints from
   # before Grain (or of another worker count) hold none, and restart the iterator at their step.
-  train_data = input_pipeline.train_dataset(datasets, mean_image, config.seed, config.batch_size, arch.input_size,
-                                            num_steps, shard)
+  train_data = input_pipeline.train_dataset(datasets, config.seed, config.batch_size, arch.input_size, num_steps,
+                                            shard)
   position = (previous or {}).get("data_position", {})
   resume_iterator = previous is not None and manager.has_data(step) and position.get("grain_workers") == \
       config.grain_workers
@@ -408,8 +411,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         for batch in itertools.islice(batches, end - step):
           if batch["step"][0] != step:
             raise RuntimeError(f"the input iterator gave batch {batch['step'][0]} for step {step}")
-          params, opt_state, batch_metrics = train_fn(params, opt_state, to_device(batch["image"]),
-                                                      to_device(batch["label"]), np.int32(step), dropout_key)
+          images = inputs(to_device(batch["image"]), to_device(batch["box"]))
+          params, opt_state, batch_metrics = train_fn(params, opt_state, images, to_device(batch["label"]),
+                                                      np.int32(step), dropout_key)
           pending.append(batch_metrics)
           step += 1
           bar.update()
@@ -425,7 +429,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             save(step)
       if step != end:
         raise RuntimeError(f"the input iterator ended at step {step}, before the epoch's end at step {end}")
-      val = evaluate(eval_fn, params, datasets.val, datasets.image_size, mean_image, config, arch, split, shard)
+      val = evaluate(eval_fn, inputs, params, datasets.val, datasets.image_size, config, arch, split, shard)
       plateau, learning_rate = anneal_on_plateau(plateau, 1.0 - val["val_top1"], get_learning_rate(opt_state), config)
       if learning_rate != get_learning_rate(opt_state):
         logging.info("Validation error plateaued: learning rate %g -> %g", get_learning_rate(opt_state), learning_rate)
@@ -459,18 +463,19 @@ def _summarize(pending: list[dict[str, jax.Array]], step: int, steps_per_epoch: 
   return {"train_loss": float(losses.mean()), "train_accuracy": float(np.mean([m["accuracy"] for m in pending]))}
 
 
-def evaluate(eval_fn: Any, params: Params, source: Any, image_size: int, mean_image: np.ndarray,
+def evaluate(eval_fn: Any, inputs: Any, params: Params, source: Any, image_size: int,
              config: ml_collections.ConfigDict, arch: models.Arch, split: NamedSharding,
              shard: tuple[int, int]) -> dict[str, float]:
   """Top-1/top-5 accuracy over a split with config.eval_crops crops per image (10: section 3), read through
-  the same Grain loader as training."""
-  dataset = input_pipeline.eval_dataset(source, image_size, mean_image, config.eval_batch_size, arch.input_size,
+  the same Grain loader as training; `inputs(images, boxes)` makes the model's inputs (`input_pipeline.normalize`)."""
+  dataset = input_pipeline.eval_dataset(source, image_size, config.eval_batch_size, arch.input_size,
                                         config.eval_crops, shard)
   to_device = functools.partial(jax.make_array_from_process_local_data, split)
   totals = jnp.zeros(3, jnp.int32)
   batches = input_pipeline.loader(dataset, config)
   for batch in batches:
-    totals = totals + eval_fn(params, to_device(batch["image"]), to_device(batch["label"]), to_device(batch["mask"]))
+    images = inputs(to_device(batch["image"]), to_device(batch["box"]))
+    totals = totals + eval_fn(params, images, to_device(batch["label"]), to_device(batch["mask"]))
   batches.close()
   top1, top5, count = np.asarray(jax.device_get(totals))
   return {"val_top1": float(top1 / count), "val_top5": float(top5 / count)}

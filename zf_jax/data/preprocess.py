@@ -92,6 +92,14 @@ def center_crop(images: np.ndarray, crop: int) -> np.ndarray:
   return images[..., o:o + crop, o:o + crop, :]
 
 
+def random_crop_boxes(b: int, s: int, crop: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """The random crops and flips of `random_crop_flip` for b images of side s: int ys [b], int xs [b], bool flips [b]
+  (the crop of image i is [ys[i], ys[i] + crop) x [xs[i], xs[i] + crop), mirrored where flips[i])."""
+  ys = rng.integers(0, s - crop + 1, b)
+  xs = rng.integers(0, s - crop + 1, b)
+  return ys, xs, rng.random(b) < 0.5
+
+
 def random_crop_flip(images: np.ndarray, crop: int, rng: np.random.Generator) -> np.ndarray:
   """Training augmentation: one random crop and a coin-flip horizontal mirror per image.
 
@@ -103,10 +111,12 @@ def random_crop_flip(images: np.ndarray, crop: int, rng: np.random.Generator) ->
   Returns:
     [B, crop, crop, C].
   """
-  b, s = images.shape[0], images.shape[1]
-  ys = rng.integers(0, s - crop + 1, b)
-  xs = rng.integers(0, s - crop + 1, b)
-  flips = rng.random(b) < 0.5
+  return crop_flip(images, crop, *random_crop_boxes(images.shape[0], images.shape[1], crop, rng))
+
+
+def crop_flip(images: np.ndarray, crop: int, ys: np.ndarray, xs: np.ndarray, flips: np.ndarray) -> np.ndarray:
+  """[B, S, S, C] -> [B, crop, crop, C]: image i's crop at (ys[i], xs[i]), mirrored where flips[i]."""
+  b = images.shape[0]
   out = np.empty((b, crop, crop, images.shape[-1]), images.dtype)
   for i in range(b):
     patch = images[i, ys[i]:ys[i] + crop, xs[i]:xs[i] + crop]
@@ -124,10 +134,12 @@ def ten_crops(images: np.ndarray, crop: int) -> np.ndarray:
     [B, 10, crop, crop, C]: top-left, top-right, bottom-left, bottom-right, center, then the same
     five flipped horizontally.
   """
-  s = images.shape[1]
+  boxes = ten_crop_boxes(images.shape[1], crop)
+  return np.stack([crop_flip(np.broadcast_to(image, (10, *image.shape)), crop, *boxes) for image in images])
+
+
+def ten_crop_boxes(s: int, crop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Where `ten_crops` cuts images of side s: ys [10], xs [10], flips [10] (as `random_crop_boxes`)."""
   e = s - crop
   c = e // 2
-  corners = [(0, 0), (0, e), (e, 0), (e, e), (c, c)]
-  crops = [images[:, y:y + crop, x:x + crop] for y, x in corners]
-  crops += [p[:, :, ::-1] for p in crops]
-  return np.stack(crops, axis=1)
+  return np.array([0, 0, e, e, c] * 2), np.array([0, e, 0, e, c] * 2), np.arange(10) >= 5
