@@ -129,8 +129,8 @@ def eval_example(source: Any, image_size: int, batch_size: int, crop: int, num_c
   real = index < len(source)
   example = source[int(index) if real else 0]
   image = preprocess.resize_and_center_crop(example["image"], image_size)
-  center = (image_size - crop) // 2
-  box = preprocess.ten_crop_boxes(image_size, crop) if num_crops == 10 else ([center], [center], [False])
+  box = preprocess.ten_crop_boxes(image_size, crop)
+  box = box if num_crops == 10 else tuple(b[4:5] for b in box)  # the 5th of the ten is the center crop
   crops = preprocess.crop_flip(np.broadcast_to(image, (num_crops, *image.shape)), crop, *box)
   return {"image": crops, "box": np.int32(np.stack(box, axis=-1)), "label": np.int32(example["label"]),
           "mask": np.bool_(real)}

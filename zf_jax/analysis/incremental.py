@@ -6,7 +6,7 @@ occluder position, each position starts from the unoccluded image's maps (kept o
 layer by layer, recomputes only a window of the layer's output: the n x n input patch that changed
 is placed into the stored input map (with the halo of rows and columns the kernel, pooling window
 or padding needs around it; `max_pool` pads with -inf, the convs with 0), the layer runs on that
-region without padding (`_unpadded`), and its m x m output is the next patch. Local contrast normalization works
+region without padding, and its m x m output is the next patch. Local contrast normalization works
 across maps only, so its window is the patch itself. Once a window would cover its whole map, the
 patch is spliced into the stored map and the rest runs on whole maps (at 64 px from about conv3; at
 224 px, for small occluders, only the fc layers). All positions of one image run as one vmap over
@@ -151,15 +151,6 @@ def _window(spec: Conv | Pool, side_out: int, m: int, patch_start: jax.Array, n:
   return jnp.clip((first + last + 1 - m) // 2, 0, side_out - m)
 
 
-def _unpadded(spec: Conv | Pool, params: Params, region: jax.Array, m: int) -> jax.Array:
-  """The layer on region [side, side, c] without its padding -> its m x m outputs [m, m, c'].
-
-  (`layers.conv2d` runs an unpadded conv on XLA:CPU's fast padded path: these windows were 4x slower
-  per FLOP before it did, `bench.occlusion.layer_times`.)
-  """
-  return _apply(spec, params, region[None], ((0, 0), (0, 0)))[0, :m, :m]
-
-
 def window_layer(spec: Conv | Pool | Norm, params: Params, stored: jax.Array, m: int, patch: jax.Array,
                  start: jax.Array) -> tuple[jax.Array, jax.Array]:
   """One conv-stack layer on a window, for one occluder position.
@@ -183,7 +174,7 @@ def window_layer(spec: Conv | Pool | Norm, params: Params, stored: jax.Array, m:
   region = lax.dynamic_slice(padded, (region_start[0], region_start[1], 0), (side, side, padded.shape[-1]))
   lo = jnp.array([spec.padding[0][0], spec.padding[1][0]])
   region = _placed(patch, start + lo - region_start, side, region)
-  return _unpadded(spec, params, region, m), out_start
+  return _apply(spec, params, region[None], ((0, 0), (0, 0)))[0], out_start  # m x m outputs
 
 
 def occluded(arch: Arch, params: Params, cache: list[jax.Array], size: int, corner: jax.Array,

@@ -238,21 +238,21 @@ def occlusion_maps(arch: Arch, params: Params, images: Any, labels: Any = None, 
   # Each image's positions, then an empty box: the unoccluded reference, at the same batch size.
   boxes = np.concatenate([np.tile(np.concatenate([grid, grid + size], 1), (batch, 1)), np.zeros((batch, 4))])
   index = np.concatenate([np.repeat(np.arange(batch), len(grid)), np.arange(batch)])
+  computed = np.ones((batch, p, p), bool)
   if mode != "full":  # incremental: each image's positions from its unoccluded maps, then those as references
     tau = threshold if mode == "approximate" else None
-    parts, references, computed = [], [], np.ones((batch, p, p), bool)
+    parts, references = [], []
     for b in range(batch):
       cache, logits = incremental.unoccluded(arch, params, images[b])
+      # corners int [K, 2] -> activity, p(correct), top class [K]
       run = lambda c: incremental.positions(arch, params, cache, jnp.asarray(labels[b]), jnp.asarray(channels[b]), c,
                                             size, layer, tau)
-      # position indices [K, 2] -> activity, p(correct), top class [K]
-      evaluate = lambda index: common.map_chunks(run, (offsets[index].astype(np.int32),), min(batch_size, len(grid)))
       if mode == "coarse_to_fine":
         *maps, computed[b] = drill_down(lambda index: _in_chunks(run, offsets[index].astype(np.int32), batch_size),
                                         p, coarse, tolerance)
         parts.append([m.reshape(-1).astype(np.int32 if j == 2 else np.float32) for j, m in enumerate(maps)])
       else:
-        parts.append(evaluate(np.stack(np.meshgrid(np.arange(p), np.arange(p), indexing="ij"), -1).reshape(-1, 2)))
+        parts.append(common.map_chunks(run, (grid.astype(np.int32),), min(batch_size, len(grid))))
       total = cache[arch.layer_names.index(layer) + 1][..., channels[b]].sum()
       references.append((total, jax.nn.softmax(logits)[labels[b]], jnp.argmax(logits)))
     activity, p_true, top = (np.concatenate([*(part[j] for part in parts), np.array([r[j] for r in references])])
@@ -261,7 +261,6 @@ def occlusion_maps(arch: Arch, params: Params, images: Any, labels: Any = None, 
     activity, p_true, top = common.map_chunks(
         lambda i, c: _occluded(arch, params, images, jnp.asarray(labels), jnp.asarray(channels), i, c, layer),
         (index.astype(np.int32), boxes.astype(np.int32)), min(batch_size, len(index)))
-    computed = np.ones((batch, p, p), bool)
   n = batch * p * p
   return {"labels": labels, "predicted": predicted, "corners": offsets, "size": np.array(size),
           "layer": np.array(layer), "map": channels, "unit": units,
