@@ -47,8 +47,9 @@ def up_to(arch: models.Arch, layer: str) -> models.Arch:
   return models.Arch(f"{arch.name}-to-{layer}", arch.input_size, arch.layers[:arch.layer_names.index(layer) + 1])
 
 
-def timeit(fns: Mapping[Hashable, Callable[[], Any]], repeats: int, warmup: int = 1) -> dict[Hashable, float]:
-  """Median wall-clock seconds of each of `fns` over `repeats` calls, after `warmup` untimed calls each.
+def timeit_rounds(fns: Mapping[Hashable, Callable[[], Any]], repeats: int,
+                  warmup: int = 1) -> dict[Hashable, list[float]]:
+  """Wall-clock seconds of each of `fns` in each of `repeats` rounds, after `warmup` untimed calls each.
 
   The functions take turns (one call of each per round), so that a change in the machine's load
   during the run falls on all of them alike. JAX results are waited for (`block_until_ready`); torch
@@ -63,7 +64,12 @@ def timeit(fns: Mapping[Hashable, Callable[[], Any]], repeats: int, warmup: int 
       start = time.perf_counter()
       jax.block_until_ready(fn())
       times[name].append(time.perf_counter() - start)
-  return {name: statistics.median(t) for name, t in times.items()}
+  return times
+
+
+def timeit(fns: Mapping[Hashable, Callable[[], Any]], repeats: int, warmup: int = 1) -> dict[Hashable, float]:
+  """Median wall-clock seconds of each of `fns` over `repeats` rounds (`timeit_rounds`)."""
+  return {name: statistics.median(t) for name, t in timeit_rounds(fns, repeats, warmup).items()}
 
 
 def row(benchmark: str, model_name: str, metric: str, ours: float, baseline: float, baseline_name: str,

@@ -27,8 +27,8 @@ run fig6-noclip zfnet64 --config.filter_rms_radius=0
 run ablation-no-conv34 zfnet64-no-conv34
 run ablation-no-fc67 zfnet64-no-fc67
 run ablation-wide-conv345 zfnet64-wide-conv345
+run ablation-seed1 zfnet64 --config.seed=1
 run ablation-fc-half zfnet64-fc-half
 run ablation-fc-double zfnet64-fc-double
-run ablation-seed1 zfnet64 --config.seed=1
 run ablation-seed2 zfnet64 --config.seed=2
 echo "$(date -u +%FT%TZ) all runs done; build the tables with the visualize.py commands in configs/ablation.py"
