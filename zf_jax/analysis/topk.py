@@ -5,7 +5,10 @@ activations (value, image index, y, x) seen so far: each batch's forward pass (j
 with the running top-k by `jax.lax.top_k` (jitted), so memory is O(maps * k) whatever the dataset
 size. Batches are read through Grain (threads, ahead of the device). With several devices the batch is
 sharded across them (a 1-D mesh); the running top-k is replicated. With several processes each scans
-its contiguous block of the images and the blocks' top-k are merged.
+its contiguous block of the images and the blocks' top-k are merged. The process's peak memory
+still moves by about 10 % between identical runs, whatever the dataset size: glibc's heap keeps freed
+batch buffers. `MALLOC_MMAP_THRESHOLD_=131072` makes it flat, at half the forward speed
+(bench/RESULTS.md, item 3).
 
 With `distinct=True` (the default, as Fig. 2 shows 9 different images per map) each image offers
 only its largest activation per map (its first position in row-major order if tied); with
