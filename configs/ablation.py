@@ -13,19 +13,19 @@ checkpoints kept at epochs 1, 2, 5, 10). No schedule depends on num_epochs, so t
 epoch-10 checkpoint is this config's zfnet64 run (seed 0): it is the base row, read with --epoch=10.
 
 The runs of docs/REPRODUCTION.md (about 25-30 min each on 2 free CPU cores), in
-configs/ablation_runs.sh, which runs them one after another, nice'd, each resumable:
+configs/ablation_runs.sh, which runs them one after another in this order, nice'd, each resumable:
 
   name (workdir ~/zf-runs/NAME)  ARCH                   options                       for
   reference                      (configs/reference.py, epoch 10 of it)                Table 3 base, Table 2, Fig. 6
-  ablation-no-conv34             zfnet64-no-conv34                                    Table 3
-  ablation-no-fc67               zfnet64-no-fc67                                      Table 3
-  ablation-fc-half               zfnet64-fc-half                                      Table 3
-  ablation-fc-double             zfnet64-fc-double                                    Table 3
-  ablation-wide-conv345          zfnet64-wide-conv345                                 Table 3, Table 2 (6th net)
-  ablation-seed1                 zfnet64                --config.seed=1               Table 2
-  ablation-seed2                 zfnet64                --config.seed=2               Table 2
   fig6-alexnet64                 alexnet64                                            Fig. 6, Table 3
   fig6-noclip                    zfnet64                --config.filter_rms_radius=0  Fig. 6, Table 3
+  ablation-no-conv34             zfnet64-no-conv34                                    Table 3
+  ablation-no-fc67               zfnet64-no-fc67                                      Table 3
+  ablation-wide-conv345          zfnet64-wide-conv345                                 Table 3, Table 2 (6th net)
+  ablation-seed1                 zfnet64                --config.seed=1               Table 2
+  ablation-fc-half               zfnet64-fc-half                                      Table 3
+  ablation-fc-double             zfnet64-fc-double                                    Table 3
+  ablation-seed2                 zfnet64                --config.seed=2               Table 2
 
 Then (10-crop validation and the train error are computed from the checkpoints, cached in each workdir):
 
