@@ -1,17 +1,18 @@
 """Benchmark 3: the streaming top-9 scan (Fig. 2) vs plain forward passes, and its peak memory.
 
   * Speed: `analysis.topk.scan` over N in-memory images (all conv layers, k = 9) against the plain
-    jitted forward pass over the same batches from the same host array.
-  * Speed is the median over rounds in which the two take turns; the note gives the per-round ratios'
-    range, since a single round (or a single batch) moves by 10-40 % with the machine's load.
+    jitted forward pass over the same batches from the same host array: the median over rounds in
+    which the two take turns, and the per-round ratios' range in the note (a single round, or a single
+    batch, moves by 10-40 % with the machine's load).
   * Memory: the scan in a fresh process (peak resident set size, Linux's VmHWM) over a synthetic
     dataset that makes its images on demand, at two dataset sizes: the running top-k is O(maps * k),
-    so the peak must not grow with the dataset. The peak of identical runs varies by several %
-    (where glibc's arenas happen to grow), so each size is the median of MEMORY_RUNS processes. The child also records its resident set size (VmRSS)
-    each time a batch is loaded, to see where memory grows (the note gives it at the first batch, at a
-    quarter of the batches and at the end). Beside it, the same at the larger size with glibc's
-    dynamic mmap threshold fixed (MALLOC_MMAP_THRESHOLD_=131072: batch-sized buffers freed on other
-    threads than they were allocated on, Grain's loader threads and XLA's, then stay in malloc's arenas).
+    so the peak must not grow with the dataset. The peak of identical runs varies by up to 10 % (how
+    much freed memory glibc's heap happens to keep), so each size is the median of MEMORY_RUNS
+    processes. The child also records its resident set size (VmRSS) each time a batch is loaded, to
+    see where memory grows (the note gives it at the first batch, at a quarter of the batches and at
+    the end). Beside it, the same with glibc's dynamic mmap threshold fixed
+    (MALLOC_MMAP_THRESHOLD_=131072: every block of 128 KiB or more, batch-sized buffers included,
+    comes from mmap and goes back to the system when freed, so the heap keeps none of them).
 
 `python -m bench.topk_scan --memory N --model NAME` is the child process of the memory measurement.
 """
