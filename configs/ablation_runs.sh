@@ -40,6 +40,5 @@ if [ ! -d "$RUNS/ablation-no-fc67-converged" ]; then
   cp -r "$RUNS/ablation-no-fc67" "$RUNS/ablation-no-fc67-converged.copying"
   mv "$RUNS/ablation-no-fc67-converged.copying" "$RUNS/ablation-no-fc67-converged"
 fi
-run ablation-no-fc67-converged zfnet64-no-fc67 --config.num_epochs=40 --config.stop_when_converged=True \
-    --config.keep_epochs="(1, 2, 5, 10, 20, 30, 40)"
+run ablation-no-fc67-converged zfnet64-no-fc67 --config.num_epochs=40 --config.stop_when_converged=True
 echo "$(date -u +%FT%TZ) all runs done; build the tables with the visualize.py commands in configs/ablation.py"

@@ -25,8 +25,18 @@ def test_zfnet64_is_the_reference_recipe_at_10_epochs():
   assert base.num_epochs == 10 and 10 in ref.keep_epochs and not base.stop_when_converged
 
 
+def test_the_converged_run_is_the_reference_recipe():
+  """ablation-no-fc67-converged's options turn the common budget back into configs/reference.py's."""
+  options = dict(option.removeprefix("--config.").split("=") for option in
+                 next(opts for name, _, *opts in _script_runs() if name == "ablation-no-fc67-converged"))
+  config, ref = ablation.get_config("zfnet64-no-fc67"), reference.get_config()
+  config.num_epochs, config.stop_when_converged = int(options["num_epochs"]), options["stop_when_converged"] == "True"
+  differ = sorted(key for key in ref if ref[key] != config[key])
+  assert differ == ["arch", "keep_epochs", "layer_weight_std"]
+
+
 @pytest.mark.parametrize("arch", ["zfnet64-no-conv34", "zfnet64-no-fc67", "zfnet64-fc-half", "zfnet64-fc-double",
-                                  "zfnet64-wide-conv345", "alexnet64"])
+                                  "zfnet64-wide-conv345", "zfnet64-no-conv34-fc67", "alexnet64"])
 def test_each_variant_keeps_the_gain_of_its_full_size_layers(arch):
   config = ablation.get_config(arch)
   built = train_lib.build_arch(config)
@@ -37,7 +47,7 @@ def test_each_variant_keeps_the_gain_of_its_full_size_layers(arch):
 
 def test_the_script_runs_the_docstring_table():
   runs = _script_runs()
-  assert len(runs) == 9 and len({name for name, *_ in runs}) == 9
+  assert len(runs) == 11 and len({name for name, *_ in runs}) == 11
   for name, arch, *options in runs:
     assert arch in models.ARCH_NAMES
     assert re.search(rf"^  {re.escape(name)} +{re.escape(arch)} +{re.escape(' '.join(options))}",
