@@ -28,8 +28,9 @@ configs/ablation_runs.sh, which runs them one after another in this order, nice'
   ablation-seed2                 zfnet64                --config.seed=2               Table 2
   ablation-no-conv34-fc67        zfnet64-no-conv34-fc67                               Table 3 (depth)
   ablation-no-fc67-converged     zfnet64-no-fc67        --config.num_epochs=40 --config.stop_when_converged=True
-                                 Table 3 at convergence: configs/reference.py's budget and stopping rule. The
-                                 script starts it from a copy of ablation-no-fc67, whose 10 epochs it shares.
+  ablation-no-conv34-fc67-converged  zfnet64-no-conv34-fc67  (the same options)
+      These two are Table 3's depth rows at convergence: configs/reference.py's budget and stopping rule.
+      The script starts each from a copy of its 10-epoch run's workdir, whose 10 epochs it shares.
 
 Then (10-crop validation and the train error are computed from the checkpoints, cached in each workdir):
 
@@ -38,7 +39,7 @@ Then (10-crop validation and the train error are computed from the checkpoints, 
 $R/ablation-no-conv34,$R/ablation-no-fc67,$R/ablation-no-conv34-fc67,$R/ablation-fc-half,\\
 $R/ablation-fc-double,$R/ablation-wide-conv345,$R/fig6-alexnet64,$R/fig6-noclip
   python visualize.py ablation --out=docs/figures/table3-converged \\
-      --workdirs=$R/reference,$R/ablation-no-fc67-converged
+      --workdirs=$R/reference,$R/ablation-no-fc67-converged,$R/ablation-no-conv34-fc67-converged
   python visualize.py ensemble --epoch=10 --out=docs/figures/table2 \\
       --workdirs=$R/reference,$R/ablation-seed1,$R/ablation-seed2,$R/ablation-wide-conv345
   python visualize.py filters --workdir=$R/fig6-noclip --compare=$R/fig6-alexnet64

@@ -32,13 +32,19 @@ run ablation-fc-half zfnet64-fc-half
 run ablation-fc-double zfnet64-fc-double
 run ablation-seed2 zfnet64 --config.seed=2
 run ablation-no-conv34-fc67 zfnet64-no-conv34-fc67
-# no-fc67 with the reference's own recipe (configs/reference.py: up to 40 epochs, stop once converged), to test
-# Table 3's fc6,7 row at convergence. No schedule depends on num_epochs, so its first 10 epochs are
-# ablation-no-fc67's: a copy of that workdir resumes from epoch 10 with the same result as a fresh run.
-if [ ! -d "$RUNS/ablation-no-fc67-converged" ]; then
-  rm -rf "$RUNS/ablation-no-fc67-converged.copying"
-  cp -r "$RUNS/ablation-no-fc67" "$RUNS/ablation-no-fc67-converged.copying"
-  mv "$RUNS/ablation-no-fc67-converged.copying" "$RUNS/ablation-no-fc67-converged"
-fi
-run ablation-no-fc67-converged zfnet64-no-fc67 --config.num_epochs=40 --config.stop_when_converged=True
+# Table 3's depth rows at convergence: NAME's 10-epoch run continued with configs/reference.py's budget and
+# stopping rule (up to 40 epochs, stop once the plateau rule is at its floor), in NAME-converged. No schedule
+# depends on num_epochs, so a copy of NAME's workdir resumes from epoch 10 with the same result as a fresh run.
+converged() {  # NAME ARCH
+  local name=$1 arch=$2
+  if [ ! -d "$RUNS/$name-converged" ]; then
+    rm -rf "$RUNS/$name-converged.copying"
+    cp -r "$RUNS/$name" "$RUNS/$name-converged.copying"
+    mv "$RUNS/$name-converged.copying" "$RUNS/$name-converged"
+  fi
+  run "$name-converged" "$arch" --config.num_epochs=40 --config.stop_when_converged=True
+}
+
+converged ablation-no-fc67 zfnet64-no-fc67
+converged ablation-no-conv34-fc67 zfnet64-no-conv34-fc67
 echo "$(date -u +%FT%TZ) all runs done; build the tables with the visualize.py commands in configs/ablation.py"

@@ -13,9 +13,13 @@ from configs import ablation, reference  # noqa: E402
 
 
 def _script_runs():
-  """(name, arch, options) of every `run` line of configs/ablation_runs.sh."""
+  """[name, arch, *options] of every run of configs/ablation_runs.sh: its `run` and `converged` lines."""
   with open(os.path.join(ROOT, "configs", "ablation_runs.sh")) as f:
-    return [line.split()[1:] for line in f if re.match(r"^run \S", line)]
+    text = f.read()
+  runs = [line.split()[1:] for line in text.splitlines() if re.match(r"^run \S", line)]
+  converge = re.search(r'^  run "\$name-converged" "\$arch" (.*)$', text, re.M).group(1).split()
+  return runs + [[f"{name}-converged", arch, *converge] for name, arch in
+                 (line.split()[1:] for line in text.splitlines() if re.match(r"^converged \S", line))]
 
 
 def test_zfnet64_is_the_reference_recipe_at_10_epochs():
@@ -25,14 +29,16 @@ def test_zfnet64_is_the_reference_recipe_at_10_epochs():
   assert base.num_epochs == 10 and 10 in ref.keep_epochs and not base.stop_when_converged
 
 
-def test_the_converged_run_is_the_reference_recipe():
-  """ablation-no-fc67-converged's options turn the common budget back into configs/reference.py's."""
-  options = dict(option.removeprefix("--config.").split("=") for option in
-                 next(opts for name, _, *opts in _script_runs() if name == "ablation-no-fc67-converged"))
-  config, ref = ablation.get_config("zfnet64-no-fc67"), reference.get_config()
-  config.num_epochs, config.stop_when_converged = int(options["num_epochs"]), options["stop_when_converged"] == "True"
-  differ = sorted(key for key in ref if ref[key] != config[key])
-  assert differ == ["arch", "keep_epochs", "layer_weight_std"]
+def test_the_converged_runs_are_the_reference_recipe():
+  """The -converged runs' options turn the common budget back into configs/reference.py's."""
+  converged = [run for run in _script_runs() if run[0].endswith("-converged")]
+  assert len(converged) == 2
+  for name, arch, *opts in converged:
+    options = dict(option.removeprefix("--config.").split("=") for option in opts)
+    config, ref = ablation.get_config(arch), reference.get_config()
+    config.num_epochs, config.stop_when_converged = int(options["num_epochs"]), options["stop_when_converged"] == "True"
+    differ = sorted(key for key in ref if ref[key] != config[key])
+    assert differ == ["arch", "keep_epochs", "layer_weight_std"], name
 
 
 @pytest.mark.parametrize("arch", ["zfnet64-no-conv34", "zfnet64-no-fc67", "zfnet64-fc-half", "zfnet64-fc-double",
@@ -47,9 +53,9 @@ def test_each_variant_keeps_the_gain_of_its_full_size_layers(arch):
 
 def test_the_script_runs_the_docstring_table():
   runs = _script_runs()
-  assert len(runs) == 11 and len({name for name, *_ in runs}) == 11
+  assert len(runs) == 12 and len({name for name, *_ in runs}) == 12
   for name, arch, *options in runs:
     assert arch in models.ARCH_NAMES
-    assert re.search(rf"^  {re.escape(name)} +{re.escape(arch)} +{re.escape(' '.join(options))}",
-                     ablation.__doc__, re.M), name
+    listed = re.escape(" ".join(options)) + ("|\\(the same options\\)" if name.endswith("-converged") else "")
+    assert re.search(rf"^  {re.escape(name)} +{re.escape(arch)} +({listed})", ablation.__doc__, re.M), name
     assert f"$R/{name}" in ablation.__doc__  # used by a visualize.py command
