@@ -304,11 +304,12 @@ def test_absurd_learning_rate_is_a_warning_line(tmp_path):
 
 
 def test_resume_says_what_is_kept_and_what_is_taken():
-  meta = {"epoch": 2.0, "config": {**_config("x").to_dict(), "learning_rate": 0.01, "num_epochs": 2}}
-  line = train_lib.resume_summary(meta, _config("x", learning_rate=0.5, num_epochs=4), 8, 0.001)
+  saved = json.loads(json.dumps(_config("x", keep_epochs=(1, 2)).to_dict()))  # as the checkpoint holds it
+  meta = {"epoch": 2.0, "config": {**saved, "learning_rate": 0.01, "num_epochs": 2}}
+  line = train_lib.resume_summary(meta, _config("x", learning_rate=0.5, num_epochs=4, keep_epochs=(1, 2)), 8, 0.001)
   assert len(line.splitlines()) == 1
   assert "kept from the checkpoint" in line and "learning rate 0.001, not the command's 0.5" in line
-  assert "taken from the command: num_epochs=4 (was 2)" in line
+  assert "taken from the command: num_epochs=4 (was 2)" in line and "keep_epochs" not in line
 
 
 # --- train.py: every case in one child process (train.py's flags clash with visualize.py's in this one). ---

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
+import json
 import os
 import time
 from typing import Any, Mapping
@@ -303,8 +304,10 @@ def resume_summary(meta: Mapping[str, Any], config: ml_collections.ConfigDict, s
   """
   old = meta.get("config", {})
   init_only = ("weight_std", "layer_weight_std", "bias_init", "layer_bias_init")
-  taken = [f"{k}={v!r} (was {old[k]!r}{', unused after initialisation' if k in init_only else ''})"
-           for k, v in config.to_dict().items() if k in old and old[k] != v and k != "learning_rate"]
+  # The checkpoint's config went through JSON (tuples came back as lists): compare like with like.
+  new = json.loads(json.dumps(config.to_dict()))
+  taken = [f"{k}={config[k]!r} (was {old[k]!r}{', unused after initialisation' if k in init_only else ''})"
+           for k, v in new.items() if k in old and old[k] != v and k != "learning_rate"]
   rate = f"learning rate {learning_rate:g}" + (f", not the command's {config.learning_rate:g}"
                                                if learning_rate != config.learning_rate else "")
   return (f"Resuming from step {step} (epoch {meta.get('epoch', 0):g}): kept from the checkpoint: params, optimizer "
