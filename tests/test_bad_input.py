@@ -310,6 +310,8 @@ def test_resume_says_what_is_kept_and_what_is_taken():
   assert len(line.splitlines()) == 1
   assert "kept from the checkpoint" in line and "learning rate 0.001, not the command's 0.5" in line
   assert "taken from the command: num_epochs=4 (was 2)" in line and "keep_epochs" not in line
+  same = train_lib.resume_summary(meta, _config("x", learning_rate=0.01), 8, float(np.float32(0.01)))
+  assert "(learning rate 0.01)" in same and "not the command's" not in same
 
 
 # --- train.py: every case in one child process (train.py's flags clash with visualize.py's in this one). ---

@@ -308,8 +308,9 @@ def resume_summary(meta: Mapping[str, Any], config: ml_collections.ConfigDict, s
   new = json.loads(json.dumps(config.to_dict()))
   taken = [f"{k}={config[k]!r} (was {old[k]!r}{', unused after initialisation' if k in init_only else ''})"
            for k, v in new.items() if k in old and old[k] != v and k != "learning_rate"]
+  # The optimizer state holds the rate in float32: compare at that precision.
   rate = f"learning rate {learning_rate:g}" + (f", not the command's {config.learning_rate:g}"
-                                               if learning_rate != config.learning_rate else "")
+                                               if np.float32(learning_rate) != np.float32(config.learning_rate) else "")
   return (f"Resuming from step {step} (epoch {meta.get('epoch', 0):g}): kept from the checkpoint: params, optimizer "
           f"state ({rate}), mean image, plateau state; taken from the command: "
           f"{'; '.join(taken) if taken else 'the rest of the config, unchanged'}")
