@@ -38,9 +38,10 @@ from typing import Any, Callable
 import numpy as np
 from absl import app, flags, logging
 
-from zf_jax import checkpoint, data, metrics, report
+from zf_jax import checkpoint, data, files, metrics, report
 from zf_jax.analysis import probes, transfer  # section 5.2-5.3: transfer, few-shot, per-layer features
-from zf_jax.analysis import ablation, common, correspondence, ensemble, evolution, filters, invariance, occlusion, topk
+from zf_jax.analysis import ablation, correspondence, ensemble, evolution, filters, invariance, occlusion, topk
+from zf_jax.data import model_inputs
 
 COMMANDS = ("topk", "evolution", "invariance", "filters", "occlusion", "correspondence", "transfer", "probes")
 STUDIES = ("transfer", "probes")  # part of `all` only with --target
@@ -119,14 +120,14 @@ class Run:
 
   @functools.cached_property
   def photos(self) -> list[np.ndarray] | None:
-    return None if not IMAGES.value else [common.read_image(path) for path in IMAGES.value]
+    return None if not IMAGES.value else [model_inputs.read_image(path) for path in IMAGES.value]
 
   def scan_inputs(self) -> Any:
     """Model inputs to scan: the --images, or the first --num_images of the split (decoded on demand)."""
     arch, mean = self.model.arch, self.model.mean_image
     if self.photos is not None:
-      return common.prepare_images(self.photos, arch.input_size, self.image_size, mean)
-    return common.DatasetInputs(self.dataset.source, arch.input_size, self.image_size, mean, NUM_IMAGES.value or None)
+      return model_inputs.prepare_images(self.photos, arch.input_size, self.image_size, mean)
+    return model_inputs.DatasetInputs(self.dataset.source, arch.input_size, self.image_size, mean, NUM_IMAGES.value or None)
 
   def scan_labels(self) -> np.ndarray | None:
     """int32 labels of `scan_inputs` (None for --images)."""
@@ -148,9 +149,7 @@ class Run:
   def example_inputs(self, n: int) -> tuple[np.ndarray, np.ndarray | None]:
     """float32 [n, S, S, 3] mean-subtracted center crops and their labels (None for --images)."""
     images, labels = self.examples(n)
-    size = self.model.arch.input_size
-    return data.preprocess.subtract_mean(data.preprocess.center_crop(images, size),
-                                         common.mean_for_input(self.model.mean_image, size)), labels
+    return model_inputs.eval_inputs(images, self.model.arch.input_size, self.model.mean_image), labels
 
 
 def _ints(name: str, values: list[str] | None) -> list[int] | None:
@@ -166,7 +165,7 @@ def _write(module: Any, result: dict, out: str, name: str, title: str, caption: 
   figures = figures or {f"{name}.png": functools.partial(module.plot, result)}
   for file_name, draw in figures.items():
     draw(os.path.join(out, file_name))
-  common.save_json(module.summary(result), os.path.join(out, f"{name}.json"))
+  files.save_json(module.summary(result), os.path.join(out, f"{name}.json"))
   return report.Section(name, title, tuple(figures), f"{name}.json", caption)
 
 
@@ -215,7 +214,7 @@ def run_filters(run: Run, out: str) -> report.Section:
     labels = [f"{i + 1}: {label}" for i, label in enumerate(labels)]
   results = {label: filters.compute(m.params) for label, (_, m) in zip(labels, models)}
   filters.plot(results, os.path.join(out, "filters.png"))
-  common.save_json({label: {"path": path, "arch": m.arch.name, "epoch": m.epoch, "val_top1": top1,
+  files.save_json({label: {"path": path, "arch": m.arch.name, "epoch": m.epoch, "val_top1": top1,
                             **filters.summary(results[label])}
                     for label, (path, m), top1 in zip(labels, models, accuracy)}, os.path.join(out, "filters.json"))
   return report.Section("filters", "Fig. 6: layer-1 filters", ("filters.png",), "filters.json",
@@ -244,7 +243,7 @@ def run_occlusion(run: Run, out: str) -> report.Section:
   if not boxes_dir or not NUM_LOCALIZATION.value or run.photos is not None:
     return section
   score = _localization(run, boxes_dir)
-  common.save_json(score, os.path.join(out, "localization.json"))
+  files.save_json(score, os.path.join(out, "localization.json"))
   return dataclasses.replace(section, caption=section.caption + (
       f" Localization over {score['num_images']} labelled images: of the {score['num_correct']} classified "
       f"correctly, a share of {score['score']:.3f} have their p(correct) minimum inside the object box "
@@ -264,8 +263,7 @@ def _localization(run: Run, boxes_dir: str) -> dict[str, Any]:
   names = [source[i]["file_name"] for i in indices]
   corners = [table[n.decode() if isinstance(n, bytes) else n] for n in names]
   images, labels = data.load_batch(source, indices, run.image_size)
-  inputs = data.preprocess.subtract_mean(data.preprocess.center_crop(images, arch.input_size),
-                                         common.mean_for_input(run.model.mean_image, arch.input_size))
+  inputs = model_inputs.eval_inputs(images, arch.input_size, run.model.mean_image)
   boxes = occlusion.boxes_from_corners(corners, run.image_size, arch.input_size)
   maps = occlusion.occlusion_maps(arch, run.model.params, inputs, labels, batch_size=BATCH_SIZE.value)
   score = occlusion.localization_score(maps, boxes)
@@ -352,7 +350,7 @@ def _run_multi(command: str) -> list[str]:
   if WORKDIR.value or PARAMS.value:
     raise ValueError(f"{command} reads --workdirs=W1,W2,...; drop --workdir/--params")
   out = OUT.value or os.path.join(_default_out(WORKDIRS.value[0]), command)
-  with report.staged(out) as stage:
+  with files.staged(out) as stage:
     section = MULTI_RUNNERS[command](WORKDIRS.value, stage)
     report.write_index(stage, [section], f"zf_jax {command}: {len(WORKDIRS.value)} workdirs",
                        f"python {' '.join(shlex.quote(a) for a in sys.argv)}")
@@ -386,7 +384,7 @@ def run_command(command: str) -> list[str]:
     names = tuple(n for n in names if n != "evolution")
   if command == "all" and not TARGET.value:
     names = tuple(n for n in names if n not in STUDIES)
-  with report.staged(out) as stage:
+  with files.staged(out) as stage:
     sections = [RUNNERS[name](run, stage) for name in names]
     if command == "all":
       m = run.model

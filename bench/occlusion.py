@@ -36,8 +36,8 @@ import torch
 from captum.attr import Occlusion
 
 from bench import common, torch_models
+from zf_jax.data import model_inputs
 from zf_jax import checkpoint, data, models
-from zf_jax.analysis import common as analysis_common
 from zf_jax.analysis import incremental, occlusion
 
 
@@ -86,8 +86,7 @@ def trained_image(loaded: Any) -> np.ndarray:
   dataset = data.get_dataset(config["dataset"], "validation", data_dir=config.get("data_dir"),
                              manual_dir=config.get("manual_dir"))
   images, _ = data.load_batch(dataset.source, range(1), image_size)
-  return np.asarray(data.preprocess.subtract_mean(
-      data.preprocess.center_crop(images, arch.input_size), analysis_common.mean_for_input(mean, arch.input_size)))
+  return model_inputs.eval_inputs(images, arch.input_size, mean)
 
 
 def layer_times(arch: models.Arch, params: models.Params, image: np.ndarray, size: int, stride: int, batch: int,

@@ -26,7 +26,7 @@ import torch  # noqa: E402
 
 from bench import common, input_pipeline, occlusion, projection, topk_scan, train_step  # noqa: E402
 from bench import features  # noqa: E402  (sections 5.2-5.3: per-layer features vs forward)
-from zf_jax.analysis.common import atomic_path, save_json  # noqa: E402
+from zf_jax.files import atomic_path, save_json  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BENCHMARKS = {"projection": projection, "occlusion": occlusion, "topk_scan": topk_scan, "train_step": train_step,

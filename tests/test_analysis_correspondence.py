@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from zf_jax import models
-from zf_jax.analysis import common, correspondence
+from zf_jax.data import model_inputs
+from zf_jax.analysis import correspondence
 
 S = 8
 # conv1 is the identity on RGB: on positive images, masking a box changes exactly its pixels.
@@ -136,4 +137,4 @@ def test_bad_parts_files(tmp_path):
   with pytest.raises(ValueError, match="is not a readable image file"):
     correspondence.load(str(tmp_path / "p.json"), 14, 16, 0.0)
   with pytest.raises(ValueError, match="skimage photos"):
-    common.read_image("skimage:download_all")
+    model_inputs.read_image("skimage:download_all")

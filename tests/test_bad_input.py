@@ -21,9 +21,9 @@ from absl import logging as absl_logging
 from jax.experimental import checkify
 from PIL import Image
 
-from zf_jax import checkpoint, deconv, models, report, train_lib
-from zf_jax.analysis import common
-from zf_jax.data import checks, datasets, preprocess
+from zf_jax import checkpoint, deconv, models, train_lib
+from zf_jax import files as zf_files
+from zf_jax.data import checks, datasets, model_inputs, preprocess
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -194,7 +194,7 @@ LIBRARY = {
         lambda p, x, t, f: checkpoint.load_for_analysis(str(f / "workdir"), step=3), ValueError,
         ["step=3", "allowed: [2]"]),
     "read_image: a truncated PNG": (
-        lambda p, x, t, f: common.read_image(str(f / "truncated.png")), ValueError,
+        lambda p, x, t, f: model_inputs.read_image(str(f / "truncated.png")), ValueError,
         ["truncated.png", "allowed: a complete PNG/JPEG"]),
     "ImageFolder: a truncated PNG is named": (
         lambda p, x, t, f: datasets.ImageFolderSource(str(f / "folder"), "val")[0], ValueError,
@@ -208,8 +208,8 @@ LIBRARY = {
     "scan_split: a label out of range": (
         lambda p, x, t, f: checks.scan_split([{"image": np.zeros((64, 64, 3), np.uint8), "label": 7}], "s", 2, 64),
         ValueError, ["label 7", "allowed: 0..1"]),
-    "report.staged: --out is a file": (
-        lambda p, x, t, f: report.staged(str(f / "a_file")).__enter__(), ValueError,
+    "zf_files.staged: --out is a file": (
+        lambda p, x, t, f: zf_files.staged(str(f / "a_file")).__enter__(), ValueError,
         ["a_file", "is a file", "allowed: a folder"]),
 }
 
@@ -460,6 +460,6 @@ def test_topk_with_k_2_and_16_images_and_umask_modes(files, capsys):
 def test_sixteen_bit_grayscale_png_keeps_its_tones(tmp_path):
   ramp = (np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16)  # 0..65520
   Image.fromarray(ramp).save(tmp_path / "g16.png")
-  image = common.read_image(str(tmp_path / "g16.png"))
+  image = model_inputs.read_image(str(tmp_path / "g16.png"))
   assert image.dtype == np.uint8 and image.shape == (64, 64, 3)
   np.testing.assert_allclose(image[..., 0], ramp / 257, atol=1)

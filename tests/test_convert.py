@@ -216,9 +216,9 @@ def test_cli_converts_a_local_state_dict_into_what_load_for_analysis_applies(tmp
   assert loaded.arch == convert.SOURCES["pytorchcv:zfnet"].arch
   assert loaded.class_names[:2] == ["tench", "goldfish"] and len(loaded.class_names) == 1000
   assert loaded.config["preprocessing"]["std"] == list(convert.STD)
-  from zf_jax.analysis import common
+  from zf_jax.data import model_inputs
   photos = [np.random.default_rng(i).integers(0, 256, (300, 260, 3), dtype=np.uint8) for i in range(2)]
-  inputs = common.prepare_images(photos, 224, 256, loaded.mean_image)  # what every analysis feeds the model
+  inputs = model_inputs.prepare_images(photos, 224, 256, loaded.mean_image)  # what every analysis feeds the model
   crops = inputs + loaded.mean_image
   with torch.no_grad():
     theirs = forward(_torch_input(crops)).numpy()

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from zf_jax import checkpoint, models
+from zf_jax import checkpoint, files, models
 from zf_jax.data import synthetic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -114,7 +114,7 @@ def test_report_needs_every_listed_file_and_stages_atomically(tmp_path):
   with pytest.raises(ValueError, match="'a.png' of section 'a' is not in"):
     report.write_index(str(tmp_path), [report.Section("a", "A", ("a.png",), "a.json")], "title")
   with pytest.raises(RuntimeError):
-    with report.staged(str(tmp_path / "out")) as stage:
+    with files.staged(str(tmp_path / "out")) as stage:
       open(os.path.join(stage, "half.png"), "w").close()
       raise RuntimeError("failed midway")
   assert sorted(os.listdir(tmp_path)) == ["a.json"]

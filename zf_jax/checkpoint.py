@@ -37,7 +37,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
 from zf_jax import models
-from zf_jax.analysis.common import atomic_path
+from zf_jax.files import atomic_path
 
 CHECKPOINT_DIR = "checkpoints"
 ITEMS = ("params", "opt_state", "extras", "meta", "data")

@@ -25,8 +25,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from zf_jax import checkpoint, data, input_pipeline, models, train_lib
-from zf_jax.analysis import common
+from zf_jax import checkpoint, data, files, input_pipeline, models, train_lib
 
 CACHE_FILE = "evaluations.json"
 ROLES = ("train", "val")
@@ -195,5 +194,5 @@ def evaluate_checkpoint(workdir: str, role: str = "val", num_crops: int = 10, st
   result = {**accuracy(model, source, num_crops, batch_size), "split": split, "num_crops": num_crops,
             "step": model.step, "epoch": model.epoch}
   if use_cache:
-    common.save_json({**read_cache(workdir), key: result}, os.path.join(workdir, CACHE_FILE))
+    files.save_json({**read_cache(workdir), key: result}, os.path.join(workdir, CACHE_FILE))
   return result

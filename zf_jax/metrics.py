@@ -13,7 +13,7 @@ from typing import Mapping
 
 import tensorboardX
 
-from zf_jax.analysis.common import atomic_path
+from zf_jax.files import atomic_path
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"

@@ -19,8 +19,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from zf_jax import checkpoint, evaluation, metrics, models
-from zf_jax.analysis import common
+from zf_jax import checkpoint, evaluation, files, metrics, models
 
 # Table 3 of the paper: arch name -> (row, val top-1 error %, val top-5 error %).
 PAPER = {
@@ -215,4 +214,4 @@ def plot(result: Mapping[str, Any], path: str) -> None:
   drawn.set_fontsize(7)
   drawn.auto_set_column_width(list(range(len(columns))))
   fig.tight_layout()
-  common.save_figure(fig, path)
+  files.save_figure(fig, path)

@@ -52,10 +52,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from zf_jax import models
+from zf_jax import files, models
 from zf_jax.analysis import common
 from zf_jax.analysis.occlusion import occlude
 from zf_jax.models import Arch, Params
+from zf_jax.data import model_inputs
 
 PARTS_DEMO = os.path.join(os.path.dirname(__file__), "parts_skimage.json")
 PARTS_TINY = os.path.join(os.path.dirname(__file__), "parts_tiny_imagenet.json")
@@ -138,7 +139,7 @@ def load(path: str, input_size: int, image_size: int, mean_image: Any, tiny_root
 
   Args:
     path: the parts file (e.g. `PARTS_DEMO`, `PARTS_TINY`).
-    input_size, image_size, mean_image: as `common.prepare_images`.
+    input_size, image_size, mean_image: as `model_inputs.prepare_images`.
     tiny_root: the Tiny ImageNet copy that "tiny:" images are read from (see `read_tiny`).
 
   Returns:
@@ -148,12 +149,12 @@ def load(path: str, input_size: int, image_size: int, mean_image: Any, tiny_root
   sources, parts = read_parts(path)
   tiny = [s for s in sources if s.startswith(TINY_PREFIX)]
   tiny_photos = dict(zip(tiny, read_tiny(tiny, tiny_root))) if tiny else {}
-  photos = [tiny_photos[s] if s in tiny_photos else common.read_image(s) for s in sources]
-  images = common.prepare_images(photos, input_size, image_size, mean_image)
+  photos = [tiny_photos[s] if s in tiny_photos else model_inputs.read_image(s) for s in sources]
+  images = model_inputs.prepare_images(photos, input_size, image_size, mean_image)
   moved: dict[str, list[Box | None]] = {}
   for part, boxes in parts.items():
     moved[part] = [None if box is None else
-                   common.input_boxes(box, photo.shape[:2], image_size, input_size)[0].tolist()
+                   model_inputs.input_boxes(box, photo.shape[:2], image_size, input_size)[0].tolist()
                    for box, photo in zip(boxes, photos)]
     for box, source in zip(moved[part], sources):
       if box is not None and (box[2] <= box[0] or box[3] <= box[1]):
@@ -326,7 +327,7 @@ def plot(result: Mapping[str, np.ndarray], path: str) -> None:
                        bbox=(0.12, 0.0, 0.88, 1.0), cellLoc="center")
   widget.set_fontsize(9)
   table.set_title("Mean feature sign change: Hamming(sign ε_i, sign ε_j) / F over image pairs (Table 1)", fontsize=9)
-  common.save_figure(fig, path)
+  files.save_figure(fig, path)
 
 
 def _below_random(result: Mapping[str, np.ndarray]) -> dict[str, Any]:

@@ -13,8 +13,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from zf_jax import checkpoint, evaluation
-from zf_jax.analysis import common
+from zf_jax import checkpoint, evaluation, files
 
 # Table 2 of the paper (arXiv v3): (row, number of nets, val top-1 error %, val top-5 error %).
 PAPER = (("1 convnet (Fig. 3 model)", 1, 38.4, 16.5),
@@ -112,4 +111,4 @@ def plot(result: Mapping[str, Any], path: str) -> None:
   ax.legend(fontsize=7)
   ax.grid(alpha=0.3)
   fig.tight_layout()
-  common.save_figure(fig, path)
+  files.save_figure(fig, path)

@@ -16,9 +16,9 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from zf_jax import checkpoint
-from zf_jax.analysis import common, topk
-from zf_jax.data import preprocess
+from zf_jax import checkpoint, files
+from zf_jax.analysis import topk
+from zf_jax.data import model_inputs
 
 
 def checkpoints(workdir: str, steps: Sequence[int] | None = None) -> Iterator[checkpoint.Loaded]:
@@ -44,9 +44,7 @@ def checkpoints(workdir: str, steps: Sequence[int] | None = None) -> Iterator[ch
 
 def _inputs(examples: np.ndarray, loaded: checkpoint.Loaded) -> np.ndarray:
   """uint8 [N, R, R, 3] -> this checkpoint's mean-subtracted center crops float32 [N, S, S, 3]."""
-  size = loaded.arch.input_size
-  mean = common.mean_for_input(loaded.mean_image, size)
-  return preprocess.subtract_mean(preprocess.center_crop(examples, size), mean)
+  return model_inputs.eval_inputs(examples, loaded.arch.input_size, loaded.mean_image)
 
 
 def compute(loaded_models: Iterable[checkpoint.Loaded], examples: Any, layers: Sequence[str] | None = None,
@@ -174,7 +172,7 @@ def plot_convergence(result: Mapping[str, np.ndarray], path: str) -> None:
   ax.legend(fontsize=7)
   ax.grid(alpha=0.3)
   fig.tight_layout()
-  common.save_figure(fig, path)
+  files.save_figure(fig, path)
 
 
 def _label(epoch: float) -> str:
@@ -201,7 +199,7 @@ def plot(result: Mapping[str, np.ndarray], path: str) -> None:
   axes[-1, 0].set_xlabel("epoch", fontsize=8)
   axes[0, 0].set_title(f"Strongest activation over {int(result['num_images'])} images, projected", fontsize=9)
   fig.tight_layout()
-  common.save_figure(fig, path)
+  files.save_figure(fig, path)
 
 
 def summary(result: Mapping[str, np.ndarray]) -> dict[str, Any]:

@@ -21,6 +21,7 @@ import numpy as np
 from zf_jax import layers, models
 from zf_jax.analysis import common
 from zf_jax.data import few_shot
+from zf_jax.data import model_inputs
 
 
 def feature_layers(arch: models.Arch) -> tuple[str, ...]:
@@ -86,7 +87,7 @@ def compute(arch: models.Arch, params: models.Params, inputs: Any, names: Sequen
 
 
 def dataset_inputs(source: Any, indices: Sequence[int], arch: models.Arch, image_size: int,
-                   mean_image: Any) -> common.DatasetInputs:
+                   mean_image: Any) -> model_inputs.DatasetInputs:
   """The examples `indices` of a dataset split as model inputs, decoded on demand: resized to
   image_size, center crop, minus the source model's mean image (as evaluation does, section 3)."""
-  return common.DatasetInputs(few_shot.Subset(source, indices), arch.input_size, image_size, mean_image)
+  return model_inputs.DatasetInputs(few_shot.Subset(source, indices), arch.input_size, image_size, mean_image)

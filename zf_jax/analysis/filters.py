@@ -31,7 +31,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from zf_jax.analysis import common, topk
+from zf_jax import files
+from zf_jax.analysis import topk
 from zf_jax.models import Params
 
 DEAD_FRACTION = 0.2
@@ -171,7 +172,7 @@ def plot(results: Mapping[str, Mapping[str, np.ndarray]], path: str) -> None:
   axes[1, n].set_ylabel("share of power", fontsize=8)
   axes[1, n].tick_params(labelsize=7)
   fig.tight_layout()
-  common.save_figure(fig, path)
+  files.save_figure(fig, path)
 
 
 def compare(params: Sequence[Params], labels: Sequence[str], path: str | None = None,

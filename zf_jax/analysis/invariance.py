@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from zf_jax import models
+from zf_jax import files, models
 from zf_jax.analysis import common
 from zf_jax.models import Arch, Params
 
@@ -131,7 +131,7 @@ def compute(arch: Arch, params: Params, images: Any, labels: Any = None,
 
   Args:
     arch, params: the model.
-    images: float [B, S, S, 3], mean-subtracted (`common.prepare_images`).
+    images: float [B, S, S, 3], mean-subtracted (`model_inputs.prepare_images`).
     labels: int [B] true classes; None uses each image's top-1 class (untransformed).
     sweeps: {"translation" | "scale" | "rotation": values}; default `default_sweeps(S)`.
     layers: the two (or more) layers compared; default the first conv and the last hidden layer
@@ -218,7 +218,7 @@ def plot(result: Mapping[str, np.ndarray], path: str) -> None:
     row[-1].set_ylim(-0.02, 1.02)
   axes[0, -1].legend(fontsize=7, loc="best")
   fig.tight_layout()
-  common.save_figure(fig, path)
+  files.save_figure(fig, path)
 
 
 def magnitudes(kind: str, values: Sequence[float]) -> np.ndarray:

@@ -34,9 +34,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from zf_jax import deconv, models
+from zf_jax import deconv, files, models
 from zf_jax.analysis import common, incremental
 from zf_jax.models import Arch, Params
+from zf_jax.data import model_inputs
 
 
 MODES = ("exact", "full", "approximate", "coarse_to_fine")
@@ -342,7 +343,7 @@ def localization_score(maps: Mapping[str, np.ndarray], boxes: Any) -> dict[str, 
 
   Args:
     maps: from `occlusion_maps` (or `compute`): "p_true", "corners", "size", "labels", "predicted".
-    boxes: int [B, 4] (y0, x0, y1, x1), half-open, on the model input (`common.input_boxes` maps
+    boxes: int [B, 4] (y0, x0, y1, x1), half-open, on the model input (`model_inputs.input_boxes` maps
       boxes of the original photos there).
 
   Returns:
@@ -368,7 +369,7 @@ def boxes_from_corners(corners: Any, image_size: int, input_size: int) -> np.nda
   input_size crop, for `localization`."""
   corners = np.asarray(corners, np.int64).reshape(-1, 4)
   boxes = np.stack([corners[:, 1], corners[:, 0], corners[:, 3] + 1, corners[:, 2] + 1], 1)
-  return common.input_boxes(boxes, (image_size, image_size), image_size, input_size)
+  return model_inputs.input_boxes(boxes, (image_size, image_size), image_size, input_size)
 
 
 def localization(arch: Arch, params: Params, images: Any, labels: Any, boxes: Any, size: int | None = None,
@@ -439,7 +440,7 @@ def plot(result: Mapping[str, np.ndarray], path: str) -> None:
       ax.set_xticks([])
       ax.set_yticks([])
   fig.tight_layout()
-  common.save_figure(fig, path)
+  files.save_figure(fig, path)
 
 
 def summary(result: Mapping[str, np.ndarray]) -> dict[str, Any]:

@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from zf_jax import deconv, models
+from zf_jax import deconv, files, models
 from zf_jax.analysis import common
 from zf_jax.models import Arch, Params
 
@@ -133,7 +133,7 @@ def scan(arch: Arch, params: Params, images: Any, layers: Sequence[str] | None =
   Args:
     arch, params: the model.
     images: N mean-subtracted inputs with random access: a float array [N, S, S, 3] or a
-      `common.DatasetInputs` (`len(images)`, `images[start:stop]`).
+      `model_inputs.DatasetInputs` (`len(images)`, `images[start:stop]`).
     layers: conv or hidden fc layers; default all conv layers.
     k: activations kept per map.
     batch_size: images per forward pass (rounded up to a multiple of the device count).
@@ -301,7 +301,7 @@ def compute(arch: Arch, params: Params, images: Any, layers: Sequence[str] | Non
     k: activations per map (9 in the paper).
     batch_size: images per jitted call.
     distinct: one activation per image and map (see the module doc).
-    mean_image: to show the patches as photos (see `common.mean_for_input`).
+    mean_image: to show the patches as photos (see `model_inputs.mean_for_input`).
     rule: the deconvnet's ReLU rule ("deconvnet", "guided", "saliency").
     seed: for the random choice of maps.
     progress: progress bar on the scan.
@@ -388,7 +388,7 @@ def plot(result: Mapping[str, np.ndarray], path: str, layer: str) -> None:
   ax.set_axis_off()
   ax.set_title(f"{layer}: top {k} activations of {m} maps over {int(result['num_images'])} images "
                "(projections left, image patches right)", fontsize=9)
-  common.save_figure(fig, path)
+  files.save_figure(fig, path)
 
 
 def summary(result: Mapping[str, np.ndarray]) -> dict[str, Any]:

@@ -27,7 +27,7 @@ import numpy as np
 import optax
 from etils import epath
 
-from zf_jax import checkpoint, data, models
+from zf_jax import checkpoint, data, files, models
 from zf_jax.analysis import common, features
 from zf_jax.data import few_shot, tiny_imagenet
 
@@ -374,4 +374,4 @@ def save_accuracy_figure(fig: Any, ax: Any, result: dict[str, Any], path: str, x
   ax.set_title(title.format(target=os.path.basename(os.path.normpath(result["target"]))), fontsize=9)
   ax.legend(fontsize=legend_size)
   ax.grid(alpha=0.3)
-  common.save_figure(fig, path)
+  files.save_figure(fig, path)
