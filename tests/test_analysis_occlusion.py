@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from zf_jax import models
-from zf_jax.analysis import occlusion
+from zf_jax.analysis import localization, occlusion
 
 S = 8
 REGION = (slice(2, 5), slice(3, 6))  # fc8 looks only at these pixels
@@ -66,9 +66,9 @@ def test_localization_on_known_model():
   arch, params, images = _known_model()
   # Occluding REGION hurts class 0 most: the minimum's center lies in REGION's box.
   region_box = [[REGION[0].start, REGION[1].start, REGION[0].stop, REGION[1].stop]] * 2
-  hit = occlusion.localization(arch, params, images, [0, 0], region_box, size=3, stride=1)
+  hit = localization.score(arch, params, images, [0, 0], region_box, size=3, stride=1)
   assert hit["num_correct"] == 2 and hit["score"] == 1.0 and hit["inside"].all()
-  far = occlusion.localization(arch, params, images, [0, 0], [[6, 0, 8, 2]] * 2, size=3, stride=1)
+  far = localization.score(arch, params, images, [0, 0], [[6, 0, 8, 2]] * 2, size=3, stride=1)
   assert far["score"] == 0.0
 
 
@@ -78,17 +78,17 @@ def test_localization_score_known_answers():
   for b, (i, j) in enumerate([(0, 0), (1, 1), (0, 1), (1, 0)]):
     maps["p_true"][b, i, j] = 0.1  # minima centered at (2, 2), (6, 6), (2, 6), (6, 2)
   boxes = [[0, 0, 3, 3], [0, 0, 3, 3], [2, 6, 8, 8], [0, 0, 8, 8]]
-  out = occlusion.localization_score(maps, boxes)
+  out = localization.localization_score(maps, boxes)
   np.testing.assert_array_equal(out["minimum"], [[2, 2], [6, 6], [2, 6], [6, 2]])
   assert out["inside"].tolist() == [True, False, True, True]
   assert out["num_correct"] == 3 and out["score"] == pytest.approx(2 / 3)  # image 3 is misclassified
   maps["predicted"] = np.array([1, 2, 3, 0])
-  assert np.isnan(occlusion.localization_score(maps, boxes)["score"])
+  assert np.isnan(localization.localization_score(maps, boxes)["score"])
 
 
 def test_boxes_from_corners():
   # Tiny ImageNet: inclusive (x0, y0, x1, y1) on 64 px -> half-open (y0, x0, y1, x1) on the center 56.
-  np.testing.assert_array_equal(occlusion.boxes_from_corners([[0, 10, 63, 58], [14, 2, 54, 49]], 64, 56),
+  np.testing.assert_array_equal(localization.boxes_from_corners([[0, 10, 63, 58], [14, 2, 54, 49]], 64, 56),
                                 [[6, 0, 55, 56], [0, 10, 46, 51]])
 
 
@@ -119,6 +119,6 @@ def test_bad_input(kwargs, message):
 def test_bad_localization_input():
   arch, params, images = _known_model()
   with pytest.raises(ValueError, match=r"boxes has shape \(1, 4\); allowed: \[2, 4\]"):
-    occlusion.localization(arch, params, images, [0, 0], [[0, 0, 1, 1]], size=3)
+    localization.score(arch, params, images, [0, 0], [[0, 0, 1, 1]], size=3)
   with pytest.raises(ValueError, match="labels is None"):
-    occlusion.localization(arch, params, images, None, [[0, 0, 1, 1]] * 2)
+    localization.score(arch, params, images, None, [[0, 0, 1, 1]] * 2)

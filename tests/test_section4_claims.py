@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from zf_jax import checkpoint, models
-from zf_jax.analysis import correspondence, evolution, invariance, occlusion, topk
+from zf_jax.analysis import correspondence, evolution, invariance, localization, occlusion, topk
 from zf_jax.data import synthetic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -22,7 +22,7 @@ from cli import run_visualize, write_synthetic_folder  # noqa: E402
 
 TINY = models.ablate(models.get_arch("zfnet64"), features={
     "conv1": 6, "conv2": 8, "conv3": 8, "conv4": 8, "conv5": 8, "fc6": 8, "fc7": 8}, name="tiny")
-SHARED_TINY = "/work/shared/data/tiny-imagenet-100"
+SHARED_TINY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data", "tiny-imagenet-100")
 
 
 def _params(seed, num_classes=10):
@@ -116,14 +116,14 @@ def test_chance_is_the_score_of_a_uniformly_random_minimum():
   p = len(offsets)
   boxes = np.array([[10, 5, 40, 30], [0, 0, 56, 56], [50, 50, 56, 56]])
   correct = np.array([True, True, False])
-  chance = occlusion.chance_localization(boxes, correct, offsets, size)
+  chance = localization.chance_localization(boxes, correct, offsets, size)
   scores = []
   for i in range(p * p):  # the p(correct) minimum at each position in turn
     p_true = np.ones((3, p, p))
     p_true[:, i // p, i % p] = 0.0
     maps = {"p_true": p_true, "corners": offsets, "size": np.array(size), "labels": np.zeros(3, int),
             "predicted": np.where(correct, 0, 1)}
-    scores.append(occlusion.localization_score(maps, boxes)["score"])
+    scores.append(localization.localization_score(maps, boxes)["score"])
   assert chance["chance"] == pytest.approx(np.mean(scores))
   assert chance["share_inside"][1] == 1.0 and chance["share_inside"][2] == 0.0
 
@@ -131,32 +131,32 @@ def test_chance_is_the_score_of_a_uniformly_random_minimum():
 def test_support_masks_hold_the_mass():
   proj = np.zeros((1, 2, 2, 3))
   proj[0, :, :, 0] = [[4, -3], [2, 1]]
-  np.testing.assert_array_equal(occlusion.support_masks(proj, 0.5)[0], [[True, True], [False, False]])
-  np.testing.assert_array_equal(occlusion.support_masks(proj, 0.4)[0], [[True, False], [False, False]])
-  assert not occlusion.support_masks(np.zeros((1, 2, 2, 3))).any()
+  np.testing.assert_array_equal(localization.support_masks(proj, 0.5)[0], [[True, True], [False, False]])
+  np.testing.assert_array_equal(localization.support_masks(proj, 0.4)[0], [[True, False], [False, False]])
+  assert not localization.support_masks(np.zeros((1, 2, 2, 3))).any()
   with pytest.raises(ValueError, match="mass=0"):
-    occlusion.support_masks(proj, 0.0)
+    localization.support_masks(proj, 0.0)
 
 
 def test_support_effect_sees_a_drop_only_where_there_is_one():
   offsets, size = occlusion.corners(56, 14, 7)
   proj = np.zeros((2, 56, 56, 3))
   proj[:, 20:30, 30:40] = 1.0
-  covered = occlusion._square_sums(np.abs(proj).sum(-1), offsets, size)
+  covered = localization._square_sums(np.abs(proj).sum(-1), offsets, size)
   dropping = 100.0 - covered / covered.max() * 50  # activity falls with the support's share covered
-  effect = occlusion.support_effect_from(dropping, proj, offsets, size)
+  effect = localization.support_effect_from(dropping, proj, offsets, size)
   assert effect["num_compared"] == 2 and effect["share_on_below_off"] == 1.0
   assert effect["mean_ratio_on_off"] < 0.9 and effect["median_spearman"] == pytest.approx(-1.0)
-  flat = occlusion.support_effect_from(np.full_like(dropping, 5.0), proj, offsets, size)
+  flat = localization.support_effect_from(np.full_like(dropping, 5.0), proj, offsets, size)
   assert flat["mean_ratio_on_off"] == 1.0 and flat["share_on_below_off"] == 0.0 and flat["median_spearman"] is None
   with pytest.raises(ValueError, match="activity has shape"):
-    occlusion.support_effect_from(dropping[:, :-1], proj, offsets, size)
+    localization.support_effect_from(dropping[:, :-1], proj, offsets, size)
 
 
 def test_support_effect_on_a_model():
   images = np.random.default_rng(1).normal(0, 40, (2, 56, 56, 3)).astype(np.float32)
   maps = occlusion.occlusion_maps(TINY, _params(4), images, size=28, stride=14, batch_size=9)
-  effect = occlusion.support_effect(TINY, _params(4), images, maps, batch_size=2)
+  effect = localization.support_effect(TINY, _params(4), images, maps, batch_size=2)
   assert effect["masks"].shape == (2, 56, 56) and effect["masks"].any(axis=(1, 2)).all()
   assert effect["num_images"] == 2 and 0 <= effect["mean_on_share"] <= 1
 

@@ -118,3 +118,48 @@ def test_report_needs_every_listed_file_and_stages_atomically(tmp_path):
       open(os.path.join(stage, "half.png"), "w").close()
       raise RuntimeError("failed midway")
   assert sorted(os.listdir(tmp_path)) == ["a.json"]
+
+
+def test_all_with_no_source_runs_on_the_shipped_model(tmp_path, capsys):
+  out = tmp_path / "figures"
+  assert run_visualize("all", f"--out={out}", "--num_images=16", "--num_maps=2", "--k=3", "--num_examples=1",
+                       "--num_localization=8", "--batch_size=16", "--layers=conv1,conv5") == 0
+  written = set(os.listdir(out))
+  assert {"index.html", "topk_conv1.png", "filters.png", "occlusion.png", "invariance.png",
+          "correspondence.png"} <= written
+  assert "evolution.png" not in written  # a shipped model has no checkpoints to follow
+  page = (out / "index.html").read_text()
+  assert "shipped model zfnet64-tiny-imagenet-100" in page
+  shared = os.path.join(ROOT, "..", "shared", "data", "tiny-imagenet-100")
+  if os.path.isdir(shared):  # the model's own dataset is here: Tiny ImageNet images with labels and boxes
+    assert json.loads((out / "topk.json").read_text())["num_images"] == 16
+    assert json.loads((out / "localization.json").read_text())["num_images"] == 8
+  else:
+    assert "visualize.py: skipped localization:" in capsys.readouterr().err
+
+
+def test_without_its_dataset_a_model_shows_the_sample_photos(monkeypatch):
+  from zf_jax import pretrained
+  from zf_jax.analysis import source
+  loaded = pretrained.load_model()
+  moved = type(loaded)(**{**loaded.__dict__, "config": {**loaded.config, "manual_dir": "/nonexistent/copy"}})
+  monkeypatch.setattr(pretrained, "load_model", lambda name: moved)
+  src = source.Source()
+  assert src.model_name == pretrained.DEFAULT and len(src.photos) == len(source.SAMPLE_PHOTOS)
+  assert src.scan_inputs().shape == (len(source.SAMPLE_PHOTOS), 56, 56, 3) and src.scan_labels() is None
+  with pytest.raises(source.NeedsDataset, match="pass --dataset"):
+    src.dataset
+
+
+@pytest.mark.parametrize("args, message", [
+    (("topk", "--model=zfnet-imagenet"), "not a shipped model; available: "),
+    (("topk", "--model=zfnet64-tiny-imagenet-100", "--workdir=w"), "give one of --model, --workdir or --params"),
+    (("topk", "--step=3"), "--step selects a checkpoint of --workdir"),
+    (("localization", "--images=skimage:chelsea"), "localization needs labelled images with object boxes"),
+    (("probes",), "need --target"),
+])
+def test_model_source_errors_are_one_line(tmp_path, capsys, args, message):
+  assert run_visualize(*args, f"--out={tmp_path / 'out'}") == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith("visualize.py: error: ") and message in err[0], err
+  assert not os.path.exists(tmp_path / "out")

@@ -37,6 +37,19 @@ def atomic_path(path: str) -> Iterator[str]:
       os.remove(tmp)
 
 
+def portable_path(path: Any) -> Any:
+  """A path as committed results may name it: relative to the current folder when it lies beside it
+  (e.g. "../shared/data/..."), "~/..." under the home folder, otherwise (and any non-path) as given."""
+  if not isinstance(path, str) or not os.path.isabs(path):
+    return path
+  here, home = os.getcwd(), os.path.expanduser("~")
+  if os.path.commonpath([path, os.path.dirname(here)]) == os.path.dirname(here) != os.sep:
+    return os.path.relpath(path, here)
+  if os.path.commonpath([path, home]) == home != os.sep:
+    return "~" + path[len(home):]
+  return path
+
+
 def _non_finite(obj: Any, path: str = "") -> str | None:
   """The JSON path of the first NaN or Inf number in `obj` (None if every number is finite)."""
   if isinstance(obj, dict):

@@ -7,31 +7,13 @@ every figure with its numbers and the command that made it.
 """
 from __future__ import annotations
 
-import dataclasses
 import html
 import json
 import os
 from typing import Sequence
 
 from zf_jax import files
-
-
-@dataclasses.dataclass(frozen=True)
-class Section:
-  """One analysis in the report.
-
-  Attributes:
-    name: short id, e.g. "topk".
-    title: e.g. "Fig. 2: top-9 activations, projected".
-    figures: PNG file names relative to the output folder.
-    numbers: the JSON file name relative to the output folder.
-    caption: what the figure shows and how to read the numbers.
-  """
-  name: str
-  title: str
-  figures: tuple[str, ...]
-  numbers: str
-  caption: str = ""
+from zf_jax.analysis.common import Section
 
 
 def _section_html(folder: str, section: Section) -> str:

@@ -14,12 +14,14 @@ paper row (the paper gives no number for them).
 """
 from __future__ import annotations
 
+import functools
 import textwrap
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from zf_jax import checkpoint, evaluation, files, metrics, models
+from zf_jax.analysis import common
 
 # Table 3 of the paper: arch name -> (row, val top-1 error %, val top-5 error %).
 PAPER = {
@@ -163,7 +165,7 @@ def summary(result: Mapping[str, Any]) -> dict[str, Any]:
     has_paper = bool(result["paper_row"][i])
     logged = not np.isnan(result["metrics_val_top1"][i])
     rows.append({
-        "workdir": workdir, "arch": result["arch"][i], "change": result["change"][i],
+        "workdir": files.portable_path(workdir), "arch": result["arch"][i], "change": result["change"][i],
         "num_params": int(result["num_params"][i]), "step": int(result["step"][i]), "epoch": float(result["epoch"][i]),
         "train_top1": float(result["train_top1"][i]), "val_top1": float(result["val_top1"][i]),
         "val_top5": float(result["val_top5"][i]),
@@ -215,3 +217,13 @@ def plot(result: Mapping[str, Any], path: str) -> None:
   drawn.auto_set_column_width(list(range(len(columns))))
   fig.tight_layout()
   files.save_figure(fig, path)
+
+
+def run(workdirs: Sequence[str], options: Mapping[str, Any], out: str) -> common.Section:
+  """`visualize.py ablation`: Table 3 from `workdirs` (the first is the base), written into `out`."""
+  result = compute(workdirs, options["epoch"], options["train_images"], options["batch_size"], options["data_dir"])
+  return common.write_section(
+      summary(result), {"ablation.png": functools.partial(plot, result)}, out, "ablation", "Table 3: ablations",
+      "Per trained variant: its change from the first (base) row, parameters, the epoch of the checkpoint, train "
+      "top-1 error (center crops of the training images, no augmentation), val top-1/top-5 error (10 crops), the "
+      "run's own logged val error (its eval crops), and the paper's row (ImageNet, %).")

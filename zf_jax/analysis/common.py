@@ -1,12 +1,16 @@
-"""What analyses share for display and batching: display scaling, fixed-size chunks, label checks.
+"""What analyses share: display scaling, fixed-size chunks, label checks, and the report section each
+analysis writes (its figures and its numbers as JSON).
 
-Files are written through `zf_jax.files`; images become model inputs in `zf_jax.data.inputs`."""
+Files are written through `zf_jax.files`; images become model inputs in `zf_jax.data.model_inputs`."""
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+import os
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from zf_jax import files
 from zf_jax.data import model_inputs
 
 
@@ -81,3 +85,29 @@ def check_labels(labels: Any, batch: int, num_classes: int) -> np.ndarray:
   return labels.astype(np.int32)
 
 
+@dataclasses.dataclass(frozen=True)
+class Section:
+  """One analysis in the report.
+
+  Attributes:
+    name: short id, e.g. "topk".
+    title: e.g. "Fig. 2: top-9 activations, projected".
+    figures: PNG file names relative to the output folder.
+    numbers: the JSON file name relative to the output folder.
+    caption: what the figure shows and how to read the numbers.
+  """
+  name: str
+  title: str
+  figures: tuple[str, ...]
+  numbers: str
+  caption: str = ""
+
+
+def write_section(numbers: Mapping[str, Any], figures: Mapping[str, Callable[[str], None]], out: str, name: str,
+                  title: str, caption: str) -> Section:
+  """Writes an analysis's numbers as NAME.json and draws its figures (file name -> draw(path)) into `out`;
+  returns the report section that shows them."""
+  for file_name, draw in figures.items():
+    draw(os.path.join(out, file_name))
+  files.save_json(numbers, os.path.join(out, f"{name}.json"))
+  return Section(name, title, tuple(figures), f"{name}.json", caption)

@@ -55,8 +55,9 @@ import numpy as np
 from zf_jax import files, models
 from zf_jax.analysis import common
 from zf_jax.analysis.occlusion import occlude
-from zf_jax.models import Arch, Params
+from zf_jax.analysis.source import Source
 from zf_jax.data import model_inputs
+from zf_jax.models import Arch, Params
 
 PARTS_DEMO = os.path.join(os.path.dirname(__file__), "parts_skimage.json")
 PARTS_TINY = os.path.join(os.path.dirname(__file__), "parts_tiny_imagenet.json")
@@ -112,6 +113,7 @@ def read_tiny(names: Sequence[str], root: str | None) -> list[np.ndarray]:
   import glob
   import io
   import tarfile
+
   from PIL import Image
   names = [n[len(TINY_PREFIX):] if n.startswith(TINY_PREFIX) else n for n in names]
   if not root or not os.path.isfile(os.path.join(root, "val.tar")):
@@ -354,3 +356,17 @@ def summary(result: Mapping[str, np.ndarray]) -> dict[str, Any]:
                                       "delta": float(result["delta"][r, l])}
                               for l, layer in enumerate(layers)}
                    for r, row in enumerate(result["rows"])}}
+
+
+def run(source: Source, options: Mapping[str, Any], out: str) -> common.Section:
+  """`visualize.py correspondence`: Table 1 / Fig. 8 on a parts file, written into `out`."""
+  model = source.model
+  parts_file = {None: PARTS_DEMO, "tiny": PARTS_TINY}.get(options["parts"], options["parts"])
+  images, parts, _ = load(parts_file, model.arch.input_size, source.image_size, model.mean_image,
+                          options["parts_root"] or model.config.get("manual_dir"))
+  result = compute(model.arch, model.params, images, parts, seed=options["seed"], mean_image=model.mean_image,
+                   batch_size=options["batch_size"])
+  return common.write_section(
+      summary(result), {"correspondence.png": functools.partial(plot, result)}, out, "correspondence", "Table 1 / Fig. 8: correspondence analysis",
+      "The same part masked in each image; mean +- std normalised Hamming distance between the signs of the "
+      "feature changes over image pairs (lower = tighter correspondence), against random boxes.")

@@ -9,11 +9,13 @@ classes (count and names).
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from zf_jax import checkpoint, evaluation, files
+from zf_jax.analysis import common
 
 # Table 2 of the paper (arXiv v3): (row, number of nets, val top-1 error %, val top-5 error %).
 PAPER = (("1 convnet (Fig. 3 model)", 1, 38.4, 16.5),
@@ -75,7 +77,7 @@ def compute(workdirs: Sequence[str], epoch: float | None = None, num_crops: int 
 def summary(result: Mapping[str, Any]) -> dict[str, Any]:
   """Members, the ensembles of the first k members and the whole one (accuracies and errors in %),
   beside the paper's Table 2 rows."""
-  members = [{"workdir": w, "arch": a, "epoch": float(e), "val_top1": float(t1), "val_top5": float(t5),
+  members = [{"workdir": files.portable_path(w), "arch": a, "epoch": float(e), "val_top1": float(t1), "val_top5": float(t5),
               "val_top1_error": 100 * (1 - float(t1)), "val_top5_error": 100 * (1 - float(t5))}
              for w, a, e, t1, t5 in zip(result["workdirs"], result["arch"], result["epoch"], result["member_top1"],
                                         result["member_top5"])]
@@ -112,3 +114,12 @@ def plot(result: Mapping[str, Any], path: str) -> None:
   ax.grid(alpha=0.3)
   fig.tight_layout()
   files.save_figure(fig, path)
+
+
+def run(workdirs: Sequence[str], options: Mapping[str, Any], out: str) -> common.Section:
+  """`visualize.py ensemble`: Table 2 from `workdirs`, written into `out`."""
+  result = compute(workdirs, options["epoch"], batch_size=options["batch_size"], data_dir=options["data_dir"])
+  return common.write_section(
+      summary(result), {"ensemble.png": functools.partial(plot, result)}, out, "ensemble", "Table 2: ensemble",
+      f"The 10-crop softmax averaged over {len(workdirs)} models: each member's val error and that of the ensemble "
+      "of the first k members, beside the paper's 1, 5 and 6 convnets (ImageNet, %).")

@@ -12,12 +12,14 @@ architecture and are reused for every checkpoint.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from zf_jax import checkpoint, files
-from zf_jax.analysis import topk
+from zf_jax.analysis import common, topk
+from zf_jax.analysis.source import Source
 from zf_jax.data import model_inputs
 
 
@@ -218,3 +220,22 @@ def summary(result: Mapping[str, np.ndarray]) -> dict[str, Any]:
                  "image_changes": int((images[i, 1:] != images[i, :-1]).sum()), "settled_epoch": float(settled[i])}
         for i, c in enumerate(result[f"{layer}/maps"])}}
   return out
+
+
+def run(source: Source, options: Mapping[str, Any], out: str) -> common.Section:
+  """`visualize.py evolution`: Fig. 4 over the checkpoints of the source's workdir, written into `out`."""
+  if not source.workdir:
+    raise ValueError("evolution reads the checkpoints of a training workdir; pass --workdir")
+  examples, _ = source.examples(source.num_images)
+  num_maps = options["num_maps"]
+  result = compute(checkpoints(source.workdir, options["steps"]), examples, options["layers"], options["maps"],
+                   max(1, num_maps // 4) if num_maps else None, options["batch_size"], options["rule"],
+                   options["seed"], progress=True)
+  figures = {"evolution.png": functools.partial(plot, result),
+             "evolution_convergence.png": functools.partial(plot_convergence, result)}
+  return common.write_section(
+      summary(result), figures, out, "evolution", "Fig. 4: evolution of features through training",
+      "Rows: feature maps; columns: checkpoints (epochs). Each cell is the strongest activation of the map over "
+      f"{len(examples)} fixed images at that checkpoint, projected to pixels (contrast enhanced). Second figure: per "
+      "layer, the share of all its live maps whose top image no longer changes after each epoch (evolution.json: "
+      "convergence).")

@@ -20,8 +20,7 @@ import numpy as np
 
 from zf_jax import layers, models
 from zf_jax.analysis import common
-from zf_jax.data import few_shot
-from zf_jax.data import model_inputs
+from zf_jax.data import few_shot, model_inputs
 
 
 def feature_layers(arch: models.Arch) -> tuple[str, ...]:

@@ -27,12 +27,15 @@ black or white), so a dominant filter stands out and dead filters are flat grey,
 """
 from __future__ import annotations
 
+import functools
+import os
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from zf_jax import files
-from zf_jax.analysis import topk
+from zf_jax import checkpoint, files, metrics
+from zf_jax.analysis import common, topk
+from zf_jax.analysis.source import Source
 from zf_jax.models import Params
 
 DEAD_FRACTION = 0.2
@@ -194,3 +197,28 @@ def compare(params: Sequence[Params], labels: Sequence[str], path: str | None = 
   if path is not None:
     plot(results, path)
   return {label: summary(r) for label, r in results.items()}
+
+
+def _label(source: str, model: checkpoint.Loaded) -> str:
+  """A model's name in the figure: its folder or file, arch, epoch and the val top-1 its training logged."""
+  top1 = metrics.validation_at(source, model.step).get("val_top1") if os.path.isdir(source) else None
+  return (f"{os.path.basename(os.path.normpath(source))} ({model.arch.name}, epoch {model.epoch:g}"
+          f"{'' if top1 is None else f', val top-1 {float(top1):.3f}'})")
+
+
+def run(source: Source, options: Mapping[str, Any], out: str) -> common.Section:
+  """`visualize.py filters`: Fig. 6 for the source's model, beside the `compare` workdirs or .npz files."""
+  loaded = [(source.path or source.model_name, source.model)]
+  loaded += [(path, checkpoint.load_for_analysis(path)) for path in options["compare"] or ()]
+  labels = [_label(path, model) for path, model in loaded]
+  if len(set(labels)) < len(labels):
+    labels = [f"{i + 1}: {label}" for i, label in enumerate(labels)]
+  results = {label: compute(model.params) for label, (_, model) in zip(labels, loaded)}
+  numbers = {label: {"model": os.path.basename(os.path.normpath(path)), "arch": model.arch.name,
+                     "epoch": model.epoch, **summary(results[label])}
+             for label, (path, model) in zip(labels, loaded)}
+  return common.write_section(
+      numbers, {"filters.png": functools.partial(plot, results)}, out, "filters", "Fig. 6: layer-1 filters",
+      "Layer-1 filters on one common scale (grey = 0), their sorted RMS with the dead threshold "
+      f"(RMS < {DEAD_FRACTION:g} x median), and the radial power spectrum (low/mid/high bands of the Nyquist "
+      "frequency) of the live filters.")

@@ -29,6 +29,7 @@ import numpy as np
 
 from zf_jax import files, models
 from zf_jax.analysis import common
+from zf_jax.analysis.source import Source
 from zf_jax.models import Arch, Params
 
 TRANSFORMS = ("translation", "scale", "rotation")
@@ -299,3 +300,14 @@ def summary(result: Mapping[str, np.ndarray]) -> dict[str, Any]:
                  **{str(l): np.round(result[f"{kind}/distance"][i], 6).tolist()
                     for i, l in enumerate(result["layers"])}}
   return out
+
+
+def run(source: Source, options: Mapping[str, Any], out: str) -> common.Section:
+  """`visualize.py invariance`: Fig. 5 on the source's first `num_examples` images, written into `out`."""
+  images, labels = source.example_inputs(options["num_examples"])
+  result = compute(source.model.arch, source.model.params, images, labels, mean_image=source.model.mean_image,
+                   batch_size=options["batch_size"])
+  return common.write_section(
+      summary(result), {"invariance.png": functools.partial(plot, result)}, out, "invariance", "Fig. 5: invariance to translation, scale and rotation",
+      "Per transform: the images, the relative distance of low- and high-layer features to those of the "
+      "untransformed image, and p(true class) (p(top-1 class) for photos without labels).")

@@ -9,12 +9,15 @@ class, mean per-class accuracy +- std over folds). Features are computed once fo
 """
 from __future__ import annotations
 
+import functools
 import warnings
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
-from zf_jax.analysis import transfer
+from zf_jax import files
+from zf_jax.analysis import common, transfer
+from zf_jax.analysis.source import Source
 
 SHOTS = (30,)
 SVM_C = 1.0
@@ -89,7 +92,7 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
       rows.append({"layer": layer, "images_per_class": int(n), "dims": int(result["dims"][i]),
                    "svm_mean": float(svm.mean()), "svm_std": float(svm.std()),
                    "softmax_mean": float(soft.mean()), "softmax_std": float(soft.std())})
-  return {"target": result["target"], "num_classes": result["num_classes"], "test_images": result["num_test"],
+  return {"target": files.portable_path(result["target"]), "num_classes": result["num_classes"], "test_images": result["num_test"],
           "folds": int(np.asarray(result["svm"]).shape[-1]), "seed": result["seed"], "l2": result["l2"],
           "svm": f"sklearn.svm.LinearSVC(C={result['svm_c']}), one-vs-rest", "softmax": "optax L-BFGS, L2-regularized",
           "metric": "mean per-class accuracy (%), mean +- std over folds", "rows": rows, "paper": PAPER}
@@ -117,3 +120,14 @@ def plot(result: dict[str, Any], path: str) -> None:
   transfer.save_accuracy_figure(fig, ax, result, path, "layer",
                                 f"Table 7: per-layer features, {{target}} ({result['num_classes']} classes)",
                                 legend_size=6)
+
+
+def run(source: Source, options: Mapping[str, Any], out: str) -> common.Section:
+  """`visualize.py probes`: Table 7 on `options["target"]`, written into `out`."""
+  _, study = transfer.study_for(source, options, options["layers"], SHOTS)
+  result = compute(study, l2=options["l2"])
+  return common.write_section(
+      summary(result), {"probes.png": functools.partial(plot, result)}, out, "probes", "Table 7: per-layer features",
+      f"A linear SVM (scikit-learn LinearSVC) and a softmax (optax) on each layer's features of {options['target']} "
+      "(conv layers after their pooling and normalization, flattened): mean per-class accuracy, mean +- std over "
+      f"{options['folds']} folds; the paper's Table 7 in grey.")

@@ -34,6 +34,7 @@ import numpy as np
 
 from zf_jax import deconv, files, models
 from zf_jax.analysis import common
+from zf_jax.analysis.source import Source
 from zf_jax.models import Arch, Params
 
 K = 9
@@ -411,3 +412,17 @@ def summary(result: Mapping[str, np.ndarray]) -> dict[str, Any]:
                 for c, im, pos, val in zip(result[f"{layer}/maps"], result[f"{layer}/images"],
                                            result[f"{layer}/positions"], result[f"{layer}/values"])}}
   return out
+
+
+def run(source: Source, options: Mapping[str, Any], out: str) -> common.Section:
+  """`visualize.py topk`: Fig. 2 for the source's model over its images, written into `out`."""
+  model = source.model
+  result = compute(model.arch, model.params, source.scan_inputs(), options["layers"], options["maps"],
+                   options["num_maps"] or None, options["k"], options["batch_size"], mean_image=model.mean_image,
+                   rule=options["rule"], seed=options["seed"], progress=True, labels=source.scan_labels())
+  figures = {f"topk_{layer}.png": functools.partial(plot, result, layer=str(layer)) for layer in result["layers"]}
+  return common.write_section(
+      summary(result), figures, out, "topk", "Fig. 2: top activations, projected, beside their image patches",
+      f"Per layer, feature maps chosen at random; per map the top {options['k']} activations over "
+      f"{int(result['num_images'])} images, each projected alone to pixels by the deconvnet (left) and the image "
+      "patch of its receptive field (right).")

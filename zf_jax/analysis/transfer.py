@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -29,6 +29,7 @@ from etils import epath
 
 from zf_jax import checkpoint, data, files, models
 from zf_jax.analysis import common, features
+from zf_jax.analysis.source import NeedsDataset, Source
 from zf_jax.data import few_shot, tiny_imagenet
 
 SHOTS = (1, 2, 3, 5, 10, 15, 30, 60)
@@ -322,7 +323,7 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
   scratch = _scratch_rows(result)
   holdout = f" --config.train_per_class_holdout={result['test_per_class']}" if result["one_split"] else ""
   return {
-      "target": result["target"], "layer": result["layer"], "num_classes": result["num_classes"],
+      "target": files.portable_path(result["target"]), "layer": result["layer"], "num_classes": result["num_classes"],
       "test_images": result["num_test"], "test_per_class": result["test_per_class"], "folds": acc.shape[1],
       "seed": result["seed"], "l2": result["l2"], "metric": "mean per-class accuracy (%), mean +- std over folds",
       "rows": [{"images_per_class": int(n), "pretrained_mean": float(a.mean()), "pretrained_std": float(a.std()),
@@ -331,7 +332,7 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
                     "scratch_std": float(np.std(100 * np.array(scratch[int(n)]))),
                     "scratch_runs": len(scratch[int(n)])} if int(n) in scratch else {})}
                for n, a in zip(result["shots"], acc)],
-      "scratch_workdirs": result["scratch_workdirs"],
+      "scratch_workdirs": [files.portable_path(w) for w in result["scratch_workdirs"]],
       "scratch_command": (f"python train.py --config=CONFIG --workdir=W {result['train_flags']} "
                           f"--config.train_per_class=N --config.train_per_class_fold=F "
                           f"--config.train_per_class_seed={result['seed']}{holdout}"),
@@ -375,3 +376,32 @@ def save_accuracy_figure(fig: Any, ax: Any, result: dict[str, Any], path: str, x
   ax.legend(fontsize=legend_size)
   ax.grid(alpha=0.3)
   files.save_figure(fig, path)
+
+
+def study_for(source: Source, options: Mapping[str, Any], layers: Sequence[str] | None,
+              shots: Sequence[int]) -> tuple[Target, Study]:
+  """`options["target"]`'s folds and the features of every image they use (each image through the model once)."""
+  if not options["target"]:
+    raise NeedsDataset("transfer and probes need --target (a TFDS name, an ImageFolder directory or a directory "
+                       "of tar shards such as ../shared/data/tiny-imagenet-transfer-50)")
+  if source.image_files is not None:
+    raise ValueError("transfer and probes read --target's images; drop --images")
+  target = load_target(options["target"], options["data_dir"])
+  model = source.model
+  return target, prepare(model.arch, model.params, model.mean_image, source.image_size, target,
+                         options["shots"] or shots, options["folds"], options["seed"], options["test_per_class"],
+                         layers, options["batch_size"])
+
+
+def run(source: Source, options: Mapping[str, Any], out: str) -> common.Section:
+  """`visualize.py transfer`: Tables 4-5 / Fig. 9 on `options["target"]`, written into `out`."""
+  target, study = study_for(source, options, ["fc7"], SHOTS)
+  scratch = [scratch_accuracy(w, target, study, options["batch_size"]) for w in options["scratch"] or ()]
+  result = compute(study, scratch, l2=options["l2"])
+  return common.write_section(
+      summary(result), {"transfer.png": functools.partial(plot, result)}, out, "transfer",
+      "Tables 4-5 / Fig. 9: transfer and few-shot learning",
+      f"Layers 1-7 fixed, a new softmax on fc7 features for the {result['num_classes']} classes of "
+      f"{options['target']}: mean per-class accuracy on up to {options['test_per_class']} test images per class vs "
+      f"training images per class, mean +- std over {options['folds']} folds; models trained from scratch on the "
+      "same images where given; the paper's Caltech-256 curves in grey.")

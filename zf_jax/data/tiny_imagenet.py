@@ -96,6 +96,15 @@ def _classes(copy: epath.Path) -> list[tuple[str, str]]:
   return [(wnid, words.get(wnid, wnid)) for wnid in wnids]
 
 
+def classes(manual_dir: str) -> list[tuple[str, str]]:
+  """(WordNet id, description) of every class of the local copy in `manual_dir`, in label order."""
+  copy = find_copy(epath.Path(manual_dir))
+  if copy is None:
+    raise ValueError(f"manual_dir={manual_dir!r} holds no Tiny ImageNet copy; allowed: a folder of tar shards "
+                     f"(train-*-of-*.tar, val.tar) or one with {ZIP_NAME}")
+  return _classes(copy)
+
+
 def _local_copy(dl_manager: tfds.download.DownloadManager) -> epath.Path | None:
   """The shard directory or zip in manual_dir, or None."""
   try:
