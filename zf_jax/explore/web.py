@@ -211,6 +211,7 @@ def serve(session: Session, host: str = "127.0.0.1", port: int = 8000, backgroun
   sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
   try:
     sock.bind((host, port))
+    sock.listen(128)  # connections queue from now on, before uvicorn's loop accepts them
   except OSError as e:
     sock.close()
     raise ValueError(f"cannot listen on {host}:{port} ({e.strerror}); allowed: a free port (0 picks one)") from None
