@@ -4,6 +4,8 @@ Random zfnet64 weights, 100 class names, a 12-image ImageFolder for the top-9 sc
 """
 import dataclasses
 import io
+import json
+import os
 import struct
 import zlib
 
@@ -247,3 +249,19 @@ def test_top9_without_data_is_404():
   with TestClient(web.app(Session(random_model()))) as c:
     r = c.get("/api/top9?layer=conv1&channel=0")
     assert r.status_code == 404 and "--data" in r.json()["error"]
+
+
+@pytest.mark.slow  # every layer's projection compiles: a minute on a busy 2-core machine
+def test_export_writes_every_view_as_static_files_or_nothing(session, tmp_path):
+  from zf_jax.explore import export
+  out = tmp_path / "views"
+  written = export.export(session, str(out), ["sample:chelsea"])
+  names = {os.path.relpath(p, out) for p in written}
+  assert {"index.html", "filters.png", "filters.json", "sample-chelsea/image.png", "sample-chelsea/occlusion.json",
+          "sample-chelsea/grid-conv3.png", "sample-chelsea/project-fc7.json"} <= names
+  page = (out / "index.html").read_text()
+  assert all(f'src="{name}"' in page for name in names if name.endswith(".png"))
+  assert json.loads((out / "sample-chelsea" / "project-conv3.json").read_text())["layer"] == "conv3"
+  with pytest.raises(Rejected):
+    export.export(session, str(out), ["sample:chelsea", "sample:nope"])
+  assert {os.path.relpath(os.path.join(d, f), out) for d, _, fs in os.walk(out) for f in fs} == names  # as it was
