@@ -265,3 +265,21 @@ def test_export_writes_every_view_as_static_files_or_nothing(session, tmp_path):
   with pytest.raises(Rejected):
     export.export(session, str(out), ["sample:chelsea", "sample:nope"])
   assert {os.path.relpath(os.path.join(d, f), out) for d, _, fs in os.walk(out) for f in fs} == names  # as it was
+
+
+def test_serve_in_the_background_warns_off_loopback_and_refuses_a_busy_port(session, capsys):
+  import urllib.request
+  from zf_jax.explore import web
+  url = web.serve(session, port=0)
+  try:
+    assert url.startswith("http://127.0.0.1:") and "authentication" not in capsys.readouterr().err
+    with urllib.request.urlopen(f"{url}api/info", timeout=30) as r:
+      assert json.loads(r.read())["arch"] == "zfnet64"
+    port = int(url.rstrip("/").rsplit(":", 1)[1])
+    with pytest.raises(ValueError, match=f"cannot listen on 127.0.0.1:{port}.*allowed: a free port"):
+      web.serve(session, port=port)
+  finally:
+    url.stop()
+  exposed = web.serve(session, host="0.0.0.0", port=0)
+  exposed.stop()
+  assert "no authentication" in capsys.readouterr().err

@@ -217,7 +217,9 @@ def serve(session: Session, host: str = "127.0.0.1", port: int = 8000, backgroun
     raise ValueError(f"cannot listen on {host}:{port} ({e.strerror}); allowed: a free port (0 picks one)") from None
   bound = sock.getsockname()[1]
   url = URL(f"http://{'[' + host + ']' if ':' in host else host}:{bound}/")
-  server = uvicorn.Server(uvicorn.Config(app(session), log_level="warning", access_log=False))
+  # log_config=None: uvicorn's own logging.config.dictConfig would close every handler the process has
+  # (a notebook's, pytest's); its loggers propagate to the root logger instead.
+  server = uvicorn.Server(uvicorn.Config(app(session), log_level="warning", access_log=False, log_config=None))
   if not background:
     print(url, flush=True)
     server.run(sockets=[sock])
