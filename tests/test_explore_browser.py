@@ -10,8 +10,8 @@ tmp folder, and also at $ZF_EXPLORER_SCREENSHOT when set (docs/figures/explorer/
 import os
 import shutil
 
-import numpy as np
 import pytest
+import skimage.data
 from PIL import Image
 
 from zf_jax import explore
@@ -50,8 +50,7 @@ def test_upload_click_a_conv3_map_see_its_projection_and_field(browser, tmp_path
     top5 = lambda: browser.find_elements(By.CSS_SELECTOR, "#top5 li")
     wait.until(lambda _: len(top5()) == 5)
     photo = tmp_path / "photo.jpg"
-    rng = np.random.default_rng(0)
-    Image.fromarray(np.uint8(rng.integers(0, 255, (80, 120, 3)))).resize((360, 240)).save(photo)
+    Image.fromarray(skimage.data.coffee()).save(photo)  # 600x400: resized and cropped as validation does
     browser.find_element(By.ID, "upload").send_keys(str(photo))
     wait.until(lambda b: "image=upload" in b.current_url)
     browser.find_element(By.ID, "layer-conv3").click()
@@ -60,16 +59,19 @@ def test_upload_click_a_conv3_map_see_its_projection_and_field(browser, tmp_path
     wait.until(lambda b: b.execute_script("return arguments[0].naturalWidth", grid) == 111)
     assert len(browser.find_elements(By.CSS_SELECTOR, "#marks .mark")) == 5  # the strongest maps marked
     scale = grid.size["width"] / 111
-    # the centre of map 15's tile (row 1, column 1), as an offset from the grid's centre
+    channel = browser.execute_script("return grid.strongest[0]")  # the page's layout JSON: the strongest map
+    row, column = divmod(channel, 14)
+    # the centre of its tile, as an offset from the grid's centre
     ActionChains(browser).move_to_element_with_offset(
-        grid, int((8 + 3.5) * scale - grid.size["width"] / 2), int((8 + 3.5) * scale - grid.size["height"] / 2)
-    ).click().perform()
+        grid, int((column * 8 + 3.5) * scale - grid.size["width"] / 2),
+        int((row * 8 + 3.5) * scale - grid.size["height"] / 2)).click().perform()
     projection = browser.find_element(By.ID, "projection")
     wait.until(lambda b: projection.is_displayed() and b.execute_script("return arguments[0].naturalWidth",
                                                                         projection) == 56)
     box = browser.find_element(By.ID, "rfbox")
     assert box.is_displayed() and box.size["width"] > 10 and box.size["height"] > 10
-    assert "conv3 map 15" in browser.find_element(By.ID, "unit-info").text
+    info = browser.find_element(By.ID, "unit-info").text
+    assert f"conv3 map {channel}," in info and "activation 0.000" not in info
     assert len(top5()) == 5 and all("%" in li.text for li in top5())
     wait.until(lambda b: b.find_element(By.ID, "occlusion").is_displayed())
     shot = tmp_path / "explorer.png"
