@@ -201,6 +201,8 @@ def test_every_route_answers(client, session):
   assert client.get("/api/scan").json()["state"] == "done"
   r = client.get("/api/top9?layer=conv5&channel=3&scale=shared&format=json")
   assert r.status_code == 200 and r.json()["shared_scale"] is True
+  fc = client.get("/api/top9?layer=fc6&channel=3&format=json").json()  # an fc unit sees the whole image
+  assert fc["boxes"] == [[0, 0, 56, 56]] * 9 and len(set(fc["images"])) == 9
   assert client.get("/api/project?image=data:11&layer=fc7&channel=100&format=json").json()["box"] == [0, 0, 56, 56]
 
 
