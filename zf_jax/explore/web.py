@@ -33,7 +33,6 @@ from zf_jax.explore import session as session_lib
 from zf_jax.explore.session import Rejected, Session, View
 
 STATIC = importlib.resources.files("zf_jax.explore") / "static"
-VIEWS = ("image", "grid", "project", "occlusion", "top9", "filters")
 MAX_CLIENTS = 1024
 MEMO = 16  # views kept, so a page's PNG and JSON requests of one view compute it once
 
