@@ -26,11 +26,12 @@ import torch  # noqa: E402
 
 from bench import common, input_pipeline, occlusion, projection, topk_scan, train_step  # noqa: E402
 from bench import features  # noqa: E402  (sections 5.2-5.3: per-layer features vs forward)
+from bench import explorer  # noqa: E402  (issue 21: the live explorer under a load test)
 from zf_jax.files import atomic_path, save_json  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BENCHMARKS = {"projection": projection, "occlusion": occlusion, "topk_scan": topk_scan, "train_step": train_step,
-              "input_pipeline": input_pipeline, "features": features}
+              "input_pipeline": input_pipeline, "features": features, "explorer": explorer}
 BEGIN, END = "<!-- bench:begin (written by python -m bench.run) -->", "<!-- bench:end -->"
 
 
