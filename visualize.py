@@ -19,6 +19,8 @@ SUBCOMMAND:
   ablation        Table 3 from several trained workdirs (--workdirs=BASE,W2,...): per variant its change from
                   BASE, parameters, epoch, train top-1 (center crop), val top-1/top-5 (10-crop), the paper's rows
   ensemble        Table 2: the 10-crop softmax averaged over several trained models (--workdirs=W1,W2,...)
+  serve           the live explorer: a local page to show the model any image and click any unit (--data adds
+                  a dataset's images and their top-9 scan; --export=DIR writes the views as static pages)
 
 Images come from --images (files, any size, grayscale or RGB), else --dataset's --split, else the
 model's own dataset when it is on this machine, else scikit-image's bundled sample photos. An
@@ -33,7 +35,8 @@ from typing import Any
 
 from absl import app, flags, logging
 
-from zf_jax import analysis, files, pretrained, report
+from zf_jax import analysis, explore, files, pretrained, report
+from zf_jax.explore import export as explore_export
 from zf_jax.analysis.source import NeedsDataset, Source
 
 MODEL = flags.DEFINE_string("model", None, "A shipped trained model (default, with no --workdir/--params: "
@@ -82,6 +85,13 @@ TEST_PER_CLASS = flags.DEFINE_integer("test_per_class", 50, "transfer/probes: up
 SCRATCH = flags.DEFINE_list("scratch", None, "transfer: workdirs of the same arch trained from scratch on N images "
                             "per class of --target (train.py --config.train_per_class=N ...), evaluated on the test "
                             "images.")
+DATA = flags.DEFINE_string("data", None, "serve: a dataset name or ImageFolder path whose --split images the page "
+                           "offers, with each map's top-9 over them (scanned once, cached).")
+HOST = flags.DEFINE_string("host", "127.0.0.1", "serve: the address to bind (anything but loopback: no authentication).")
+PORT = flags.DEFINE_integer("port", 8000, "serve: the port (0: a free one).")
+EXPORT = flags.DEFINE_string("export", None, "serve: write the views of the sample photos as static pages into this "
+                             "folder instead of serving.")
+SCAN_IMAGES = flags.DEFINE_integer("scan_images", None, "serve: scan only the first N images of --data.")
 L2 = flags.DEFINE_float("l2", 1e-3, "transfer/probes: L2 penalty of the new softmax.")
 
 
@@ -127,11 +137,23 @@ def _default_out(source: Source) -> str:
   return os.path.join("figures", source.model_name)
 
 
+def _serve() -> list[str]:
+  """The explorer (`zf_jax.explore`) of the model: served until Ctrl-C, or its views exported with --export."""
+  source = Source(MODEL.value, WORKDIR.value, PARAMS.value, STEP.value, DATA.value, SPLIT.value, DATA_DIR.value)
+  dataset = source.dataset if DATA.value else None
+  if EXPORT.value:
+    return explore_export.export(explore.Session(source.model, dataset, scan_images=SCAN_IMAGES.value), EXPORT.value)
+  explore.serve(source.model, dataset, HOST.value, PORT.value, background=False, scan_images=SCAN_IMAGES.value)
+  return []
+
+
 def run_command(command: str) -> list[str]:
-  """Runs one subcommand (or all) and returns the files written to --out."""
+  """Runs one subcommand (or all) and returns the files written to --out (or --export)."""
   if command in analysis.MULTI_COMMANDS:
     return _run_multi(command)
-  allowed = (*analysis.COMMANDS, "all", *analysis.MULTI_COMMANDS)
+  if command == "serve":
+    return _serve()
+  allowed = (*analysis.COMMANDS, "all", *analysis.MULTI_COMMANDS, "serve")
   if command not in allowed:
     raise ValueError(f"subcommand {command!r} is unknown; allowed: {', '.join(allowed)}")
   source = Source(MODEL.value, WORKDIR.value, PARAMS.value, STEP.value, DATASET.value, SPLIT.value, DATA_DIR.value,
@@ -158,7 +180,7 @@ def run_command(command: str) -> list[str]:
 
 
 def main(argv: list[str]) -> None:
-  commands = ", ".join((*analysis.COMMANDS, "all", *analysis.MULTI_COMMANDS))
+  commands = ", ".join((*analysis.COMMANDS, "all", *analysis.MULTI_COMMANDS, "serve"))
   if len(argv) != 2:
     print(f"visualize.py: error: give one subcommand ({commands}); got {argv[1:]}", file=sys.stderr)
     sys.exit(2)

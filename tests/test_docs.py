@@ -64,7 +64,7 @@ def test_documented_command_parses(page, command):
   flags_given = [a[2:].split("=")[0] for a in args if a.startswith("--")]
   if script == "visualize.py":
     positional = [a for a in args if not a.startswith("-")]
-    allowed = {*analysis.COMMANDS, *analysis.MULTI_COMMANDS, "all"}
+    allowed = {*analysis.COMMANDS, *analysis.MULTI_COMMANDS, "all", "serve"}
     assert positional and positional[0] in allowed, f"{page}: unknown subcommand in {command!r}"
     for flag in flags_given:
       assert flag in visualize.flags.FLAGS, f"{page}: --{flag} is not a visualize.py flag ({command!r})"
