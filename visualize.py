@@ -36,12 +36,13 @@ from typing import Any
 from absl import app, flags, logging
 
 from zf_jax import analysis, explore, files, pretrained, report
-from zf_jax.explore import export as explore_export
 from zf_jax.analysis.source import NeedsDataset, Source
+from zf_jax.explore import export as explore_export
 
 MODEL = flags.DEFINE_string("model", None, "A shipped trained model (default, with no --workdir/--params: "
                             f"{pretrained.DEFAULT}); one of: {', '.join(pretrained.available())}.")
-WORKDIR = flags.DEFINE_string("workdir", None, "Instead of --model: a training workdir (its latest checkpoint, or --step).")
+WORKDIR = flags.DEFINE_string("workdir", None, "Instead of --model: a training workdir (its latest checkpoint, or "
+                              "--step).")
 PARAMS = flags.DEFINE_string("params", None, "Instead of --model: a .npz from checkpoint.save_params_npz.")
 STEP = flags.DEFINE_integer("step", None, "The checkpoint's step (default: the latest).")
 OUT = flags.DEFINE_string("out", None, "Output folder (default: WORKDIR/figures, beside --params, or figures/MODEL).")
@@ -51,7 +52,8 @@ DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data_dir (default: the ch
 IMAGES = flags.DEFINE_list("images", None, "Image files to use instead of the dataset (PNG/JPEG, any size).")
 NUM_IMAGES = flags.DEFINE_integer("num_images", 500, "topk/evolution: the first N images of the split scanned "
                                    "(0 = the whole split; topk streams it in --batch_size batches).")
-NUM_EXAMPLES = flags.DEFINE_integer("num_examples", 5, "invariance/occlusion: the first N images of the split (0 = all; "
+NUM_EXAMPLES = flags.DEFINE_integer("num_examples", 5, "invariance/occlusion: the first N images of the split (0 = "
+                                    "all; "
                                      "invariance plots mean and 25-75 percentile band beyond 8 images).")
 LAYERS = flags.DEFINE_list("layers", None, "topk/evolution: layers (default: conv1..conv5); probes: feature layers "
                            "(default: conv1..conv5, fc6, fc7).")
@@ -61,7 +63,8 @@ K = flags.DEFINE_integer("k", 9, "topk: activations per map.")
 STEPS = flags.DEFINE_list("steps", None, "evolution: checkpoint steps (default: all).")
 COMPARE = flags.DEFINE_list("compare", None, "filters: more workdirs or .npz files (comma-separated) shown side "
                             "by side, each labelled with its val top-1 from its metrics.jsonl.")
-BOXES = flags.DEFINE_string("boxes", None, "localization: a Tiny ImageNet copy with boxes.csv for the localization score "
+BOXES = flags.DEFINE_string("boxes", None, "localization: a Tiny ImageNet copy with boxes.csv for the localization "
+                            "score "
                             "(default: the checkpoint's manual_dir when its dataset is tiny_imagenet).")
 NUM_LOCALIZATION = flags.DEFINE_integer("num_localization", 200, "localization: images of the split in the score.")
 PARTS = flags.DEFINE_string("parts", None, "correspondence: a parts file (default: the skimage demo; 'tiny' = the "
@@ -71,8 +74,10 @@ PARTS_ROOT = flags.DEFINE_string("parts_root", None, "correspondence: the Tiny I
 RULE = flags.DEFINE_enum("rule", "deconvnet", ["deconvnet", "guided", "saliency"], "How projections reverse ReLUs.")
 BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Images per jitted call.")
 SEED = flags.DEFINE_integer("seed", 0, "Seed for the random choice of maps (transfer/probes: of the folds).")
-WORKDIRS = flags.DEFINE_list("workdirs", None, "ablation/ensemble: training workdirs (ablation: the first is the base).")
-EPOCH = flags.DEFINE_float("epoch", None, "ablation/ensemble: each workdir's checkpoint at this epoch (default: latest).")
+WORKDIRS = flags.DEFINE_list("workdirs", None, "ablation/ensemble: training workdirs (ablation: the first is the "
+                             "base).")
+EPOCH = flags.DEFINE_float("epoch", None, "ablation/ensemble: each workdir's checkpoint at this epoch (default: "
+                           "latest).")
 TRAIN_IMAGES = flags.DEFINE_integer("train_images", None, "ablation: the train error over this many training images "
                                     "evenly spaced through the split (default: all).")
 TARGET = flags.DEFINE_string("target", None, "transfer/probes: the target dataset: a directory of Tiny ImageNet "
@@ -87,7 +92,8 @@ SCRATCH = flags.DEFINE_list("scratch", None, "transfer: workdirs of the same arc
                             "images.")
 DATA = flags.DEFINE_string("data", None, "serve: a dataset name or ImageFolder path whose --split images the page "
                            "offers, with each map's top-9 over them (scanned once, cached).")
-HOST = flags.DEFINE_string("host", "127.0.0.1", "serve: the address to bind (anything but loopback: no authentication).")
+HOST = flags.DEFINE_string("host", "127.0.0.1", "serve: the address to bind (anything but loopback: no "
+                           "authentication).")
 PORT = flags.DEFINE_integer("port", 8000, "serve: the port (0: a free one).")
 EXPORT = flags.DEFINE_string("export", None, "serve: write the views of the sample photos as static pages into this "
                              "folder instead of serving.")

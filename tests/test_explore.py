@@ -192,7 +192,7 @@ def test_every_route_answers(client, session):
   for path in (f"image?image={image}", f"grid?image={image}&layer=conv3",
                f"project?image={image}&layer=conv3&channel=4&rule=guided",
                f"project?image={image}&layer=conv2&channel=4&y=3&x=5",
-               f"occlusion?image=sample:camera", "filters"):
+               "occlusion?image=sample:camera", "filters"):
     r = client.get(f"/api/{path}")
     assert r.status_code == 200 and r.headers["content-type"] == "image/png", (path, r.text[:200])
     assert client.get(f"/api/{path}&format=json" if "?" in path else f"/api/{path}?format=json").status_code == 200

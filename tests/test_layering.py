@@ -60,7 +60,8 @@ FILES = sorted(ROOT.rglob("*.py"))
 @pytest.mark.parametrize("path", FILES, ids=[str(p.relative_to(ROOT.parent)) for p in FILES])
 def test_imports_point_down(path):
   module = _module_name(path)
-  upward = [f"{dep} (layer {_layer(dep)})" for dep in sorted(_imports(path.read_text())) if _layer(dep) > _layer(module)]
+  deps = sorted(_imports(path.read_text()))
+  upward = [f"{dep} (layer {_layer(dep)})" for dep in deps if _layer(dep) > _layer(module)]
   assert not upward, f"{module} (layer {_layer(module)}) imports from a layer above it: {', '.join(upward)}"
 
 

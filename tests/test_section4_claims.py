@@ -22,7 +22,8 @@ from cli import run_visualize, write_synthetic_folder  # noqa: E402
 
 TINY = models.ablate(models.get_arch("zfnet64"), features={
     "conv1": 6, "conv2": 8, "conv3": 8, "conv4": 8, "conv5": 8, "fc6": 8, "fc7": 8}, name="tiny")
-SHARED_TINY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data", "tiny-imagenet-100")
+SHARED_TINY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data",
+                           "tiny-imagenet-100")
 
 
 def _params(seed, num_classes=10):

@@ -57,7 +57,8 @@ def test_all_writes_every_figure_numbers_and_index(run, capsys):
   assert run_visualize("all", f"--workdir={run / 'workdir'}", f"--out={out}", "--layers=conv2,conv5", *SMALL) == 0
   files = sorted(os.listdir(out))
   assert files == sorted(["index.html", "topk.json", "topk_conv2.png", "topk_conv5.png", "evolution.json",
-                          "evolution.png", "evolution_convergence.png", "invariance.json", "invariance.png", "filters.json", "filters.png",
+                          "evolution.png", "evolution_convergence.png", "invariance.json", "invariance.png",
+                          "filters.json", "filters.png",
                           "occlusion.json", "occlusion.png", "correspondence.json", "correspondence.png"])
   page = (out / "index.html").read_text()
   assert set(re.findall(r'<img src="([^"]+)"', page)) == {f for f in files if f.endswith(".png")}

@@ -173,7 +173,8 @@ def summary(result: Mapping[str, Any]) -> dict[str, Any]:
         "val_top5_error": _error(result["val_top5"][i]),
         "train_images": int(result["train_images"][i]), "val_images": int(result["val_images"][i]),
         "metrics": {"val_top1": float(result["metrics_val_top1"][i]), "val_top5": float(result["metrics_val_top5"][i]),
-                    "crops": int(result["metrics_crops"][i]), "step": int(result["metrics_step"][i])} if logged else None,
+                    "crops": int(result["metrics_crops"][i]), "step": int(result["metrics_step"][i])}
+                   if logged else None,
         "paper": {"row": result["paper_row"][i], "val_top1_error": float(result["paper_val_top1_error"][i]),
                   "val_top5_error": float(result["paper_val_top5_error"][i])} if has_paper else None})
   return {"table": "Table 3 (section 5.1)", "protocol": "val: 10 crops (corners + center, mirrored), softmax "

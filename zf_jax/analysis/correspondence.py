@@ -367,6 +367,7 @@ def run(source: Source, options: Mapping[str, Any], out: str) -> common.Section:
   result = compute(model.arch, model.params, images, parts, seed=options["seed"], mean_image=model.mean_image,
                    batch_size=options["batch_size"])
   return common.write_section(
-      summary(result), {"correspondence.png": functools.partial(plot, result)}, out, "correspondence", "Table 1 / Fig. 8: correspondence analysis",
+      summary(result), {"correspondence.png": functools.partial(plot, result)}, out, "correspondence",
+      "Table 1 / Fig. 8: correspondence analysis",
       "The same part masked in each image; mean +- std normalised Hamming distance between the signs of the "
       "feature changes over image pairs (lower = tighter correspondence), against random boxes.")

@@ -308,6 +308,7 @@ def run(source: Source, options: Mapping[str, Any], out: str) -> common.Section:
   result = compute(source.model.arch, source.model.params, images, labels, mean_image=source.model.mean_image,
                    batch_size=options["batch_size"])
   return common.write_section(
-      summary(result), {"invariance.png": functools.partial(plot, result)}, out, "invariance", "Fig. 5: invariance to translation, scale and rotation",
+      summary(result), {"invariance.png": functools.partial(plot, result)}, out, "invariance",
+      "Fig. 5: invariance to translation, scale and rotation",
       "Per transform: the images, the relative distance of low- and high-layer features to those of the "
       "untransformed image, and p(true class) (p(top-1 class) for photos without labels).")

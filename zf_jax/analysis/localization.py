@@ -67,7 +67,8 @@ def score(arch: Arch, params: Params, images: Any, labels: Any, boxes: Any, size
   """
   if labels is None:
     raise ValueError("labels is None; localization needs the correct class of every image")
-  return localization_score(occlusion.occlusion_maps(arch, params, images, labels, size, stride, None, batch_size, mode), boxes)
+  maps = occlusion.occlusion_maps(arch, params, images, labels, size, stride, None, batch_size, mode)
+  return localization_score(maps, boxes)
 
 
 SUPPORT_MASS = 0.5
@@ -252,7 +253,8 @@ def run(source: Source, options: Mapping[str, Any], out: str) -> common.Section:
   boxes_dir = options["boxes"] or (config.get("manual_dir") if config.get("dataset") == "tiny_imagenet" else None)
   if not boxes_dir or source.photos is not None:
     raise NeedsDataset("localization needs labelled images with object boxes: pass --boxes=TINY_IMAGENET_COPY (with "
-                       "boxes.csv) and --dataset=tiny_imagenet, or a model trained on a Tiny ImageNet copy present here")
+                       "boxes.csv) and --dataset=tiny_imagenet, or a model trained on a Tiny ImageNet copy present "
+                       "here")
   dataset, arch = source.dataset, source.model.arch
   indices = range(min(options["num_localization"], len(dataset.source)))
   split = "train" if source.split.startswith("train") else "validation"

@@ -12,5 +12,6 @@ from zf_jax.data.datasets import (Dataset, ImageFolderSource, compute_mean_image
                                   image_size_for, load_batch)
 from zf_jax.data.tiny_imagenet import boxes
 
-__all__ = ["Dataset", "ImageFolderSource", "boxes", "checks", "compute_mean_image", "encoded", "few_shot", "get_dataset",
+__all__ = ["Dataset", "ImageFolderSource", "boxes", "checks", "compute_mean_image", "encoded", "few_shot",
+           "get_dataset",
            "image_size_for", "load_batch", "model_inputs", "preprocess", "synthetic", "tiny_imagenet"]

@@ -1,4 +1,5 @@
-"""A live explorer of a trained model in the browser (the deep-visualization toolbox's views, section 2.1 / Figs. 2, 6, 7).
+"""A live explorer of a trained model in the browser: the deep-visualization toolbox's views of section 2.1
+and Figs. 2, 6, 7.
 
   url = zf_jax.explore.serve(loaded)            # a notebook: serves in the background, returns the URL
   zf_jax.explore.serve(loaded, background=False)  # a CLI: prints the URL, serves until Ctrl-C

@@ -40,7 +40,8 @@ def export(session: Session, out: str, images: Sequence[str] | None = None) -> l
   """Writes the views of `images` (ids; default the sample photos) under `out`; returns the files' paths."""
   images = list(images) if images is not None else [f"sample:{name}" for name in SAMPLES]
   with files.staged(out) as stage:
-    sections = [f"<h2>Layer-1 filters (Fig. 6)</h2>{_figure(_write(stage, 'filters', session.filters()), 'conv1', 336)}"]
+    filters = _write(stage, "filters", session.filters())
+    sections = [f"<h2>Layer-1 filters (Fig. 6)</h2>{_figure(filters, 'conv1', 336)}"]
     for image_id in images:
       name = image_id.replace(":", "-")
       folder = os.path.join(stage, name)

@@ -10,6 +10,7 @@ file's sha256. Both files are written whole or not at all.
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
 import io
 import os
@@ -18,19 +19,10 @@ import sys
 from typing import Any
 
 import numpy as np
-from absl import app, flags, logging
+from absl import logging
 
 from zf_jax import checkpoint, evaluation, files, pretrained
 from zf_jax.data import tiny_imagenet
-
-WORKDIR = flags.DEFINE_string("workdir", None, "The training workdir (its latest checkpoint, or --step).")
-STEP = flags.DEFINE_integer("step", None, "The checkpoint's step (default: the latest).")
-NAME = flags.DEFINE_string("name", None, "The model's name, e.g. zfnet64-tiny-imagenet-100.")
-MANUAL_DIR = flags.DEFINE_string("manual_dir", None, "The Tiny ImageNet copy it was trained on (classes.tsv, val.tar).")
-OUT = flags.DEFINE_string("out", None, "Output folder (default: the zf_jax/pretrained package folder).")
-COMMIT = flags.DEFINE_string("commit", None, "The commit it was trained from (default: git rev-parse HEAD).")
-COMMAND = flags.DEFINE_string("command", None, "The training command, recorded in the card.")
-BATCH_SIZE = flags.DEFINE_integer("batch_size", 128, "Images per evaluation batch.")
 
 
 def npz_bytes(params: Any, mean_image: np.ndarray) -> bytes:
@@ -77,8 +69,8 @@ def export(workdir: str, name: str, manual_dir: str, out: str, commit: str, comm
                "val_images": accuracy["val_10crop"]["num_images"]},
       accuracy={**accuracy, "measured_with": "zf_jax.evaluation.accuracy on the validation split (softmax averaged "
                                              "over the crops)"},
-      trained={"step": loaded.step, "epoch": loaded.epoch, "status": run_status(checkpoint.read_meta(workdir, loaded.step)),
-               "commit": commit, "command": command},
+      trained={"step": loaded.step, "epoch": loaded.epoch, "commit": commit, "command": command,
+               "status": run_status(checkpoint.read_meta(workdir, loaded.step))},
       config=config, file=f"{name}.npz", sha256=hashlib.sha256(blob).hexdigest(),
       parameters=int(sum(np.asarray(v).size for values in loaded.params.values() for v in values.values())))
   os.makedirs(out, exist_ok=True)
@@ -96,16 +88,22 @@ def _git_head() -> str:
     return "unknown"
 
 
-def main(argv: list[str]) -> None:
-  del argv
+def main(argv: list[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(prog="python -m zf_jax.pretrained.export", description=__doc__.split("\n")[0])
+  parser.add_argument("--workdir", required=True, help="The training workdir (its latest checkpoint, or --step).")
+  parser.add_argument("--name", required=True, help="The model's name, e.g. zfnet64-tiny-imagenet-100.")
+  parser.add_argument("--manual_dir", required=True, help="The Tiny ImageNet copy it was trained on.")
+  parser.add_argument("--step", type=int, help="The checkpoint's step (default: the latest).")
+  parser.add_argument("--out", help="Output folder (default: the zf_jax/pretrained package folder).")
+  parser.add_argument("--commit", help="The commit it was trained from (default: git rev-parse HEAD).")
+  parser.add_argument("--command", help="The training command, recorded in the card.")
+  parser.add_argument("--batch_size", type=int, default=128, help="Images per evaluation batch.")
+  args = parser.parse_args(argv)
   logging.set_verbosity(logging.WARNING)
-  if not (WORKDIR.value and NAME.value and MANUAL_DIR.value):
-    print("export: error: give --workdir, --name and --manual_dir", file=sys.stderr)
-    sys.exit(2)
-  out = OUT.value or os.path.dirname(os.path.abspath(pretrained.__file__))
+  out = args.out or os.path.dirname(os.path.abspath(pretrained.__file__))
   try:
-    paths = export(WORKDIR.value, NAME.value, MANUAL_DIR.value, out, COMMIT.value or _git_head(), COMMAND.value,
-                   STEP.value, BATCH_SIZE.value)
+    paths = export(args.workdir, args.name, args.manual_dir, out, args.commit or _git_head(), args.command, args.step,
+                   args.batch_size)
   except (ValueError, OSError) as e:
     print(f"export: error: {e}", file=sys.stderr)
     sys.exit(2)
@@ -113,4 +111,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  main()
