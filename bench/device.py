@@ -26,7 +26,7 @@ import numpy as np
 from bench import common
 from zf_jax import deconv, models, train_lib
 from zf_jax.analysis import occlusion
-from zf_jax.analysis.common import save_json
+from zf_jax.files import save_json
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # Dense bfloat16 peak FLOP/s by device kind (vendor data sheets, without sparsity).
