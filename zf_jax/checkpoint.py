@@ -65,6 +65,11 @@ def checkpoint_dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
 
 
+class SaveError(ValueError):
+  """A checkpoint could not be written (the earlier ones are kept). Orbax's save threads of the failed step
+  then wait for signals that never come: a program should end with os._exit after reporting it."""
+
+
 class Manager:
   """Saves and restores training checkpoints in `workdir/checkpoints` (used by train_lib).
 
@@ -78,6 +83,8 @@ class Manager:
         [checkpoint_managers.CustomSteps(list(keep_steps)), checkpoint_managers.LatestN(1)])
     self._manager = _manager(workdir, ocp.CheckpointManagerOptions(
         preservation_policy=policy, cleanup_tmp_directories=True))
+    self._saving: int | None = None
+    self._failed = False
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -90,7 +97,13 @@ class Manager:
                  extras=ocp.args.StandardSave(dict(extras)), meta=ocp.args.JsonSave(dict(meta)))
     if data is not None:
       items["data"] = grain.checkpoint.CheckpointSave(data)
-    self._manager.save(step, args=ocp.args.Composite(**items))
+    self._saving = step
+    try:
+      # Orbax blocks for its whole timeout (10 minutes) when it cannot make the step's folder: fail first.
+      probe_writable(str(self._manager.directory))
+      self._manager.save(step, args=ocp.args.Composite(**items))
+    except Exception as e:  # the previous (asynchronous) save failed, or this one could not start
+      raise self._save_error(e) from None
 
   def has_data(self, step: int) -> bool:
     """Whether checkpoint `step` holds an input iterator's state (not in checkpoints from before Grain)."""
@@ -114,14 +127,41 @@ class Manager:
 
   def restore_data(self, step: int, data: grain.DatasetIterator) -> None:
     """Moves `data`, an iterator over the dataset that was saved (`has_data(step)`), to its saved position."""
-    self._manager.restore(step, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(data)))
+    _drop_closed_loop_reports()
+    try:
+      self._manager.restore(step, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(data)))
+    except Exception as e:  # a damaged iterator-state file (a kill while it was written)
+      raise _unreadable(os.path.join(str(self._manager.directory), str(step)), "data", e) from None
 
   def wait(self) -> None:
-    """Blocks until every started save is complete on disk."""
-    self._manager.wait_until_finished()
+    """Blocks until every started save is complete on disk (nothing to wait for after a failed save)."""
+    if self._failed:
+      return
+    try:
+      self._manager.wait_until_finished()
+    except Exception as e:
+      raise self._save_error(e) from None
+
+  def _save_error(self, error: Exception) -> SaveError:
+    self._failed = True
+    directory = str(self._manager.directory)
+    kept = [s for s in self._manager.all_steps() if s != self._saving] if os.path.isdir(directory) else []
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return SaveError(f"saving checkpoint {self._saving} in {directory} failed ({type(error).__name__}: {first[:300]}); "
+                     f"{f'the checkpoints of steps {kept} are kept' if kept else 'no checkpoint is kept'}; allowed: "
+                     "a writable checkpoints folder with free space (then run the same command to resume)")
 
   def close(self) -> None:
+    if self._failed:  # orbax's close would wait for the failed save's threads
+      return
     self._manager.close()
+
+
+def probe_writable(directory: str) -> None:
+  """Raises OSError unless a file can be created in `directory` (root ignores permission bits: try it)."""
+  path = os.path.join(directory, f".write-test-{os.getpid()}")
+  os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+  os.remove(path)
 
 
 def _numpy_restore(manager: ocp.CheckpointManager, step: int, item: str) -> ocp.args.StandardRestore:
@@ -278,6 +318,7 @@ def _loaded(params: Any, mean_image: np.ndarray, meta: Mapping[str, Any]) -> Loa
   arch = arch_from_dict(meta["arch"])
   params = jax.tree.map(np.asarray, params)
   num_classes = models.check_params(arch, params)
+  models.check_finite_params(params)
   if num_classes != int(meta["num_classes"]):
     raise ValueError(f"params has {num_classes} classes (fc8), its metadata says num_classes={meta['num_classes']}")
   return Loaded(arch=arch, params=jax.tree.map(jax.numpy.asarray, params),
@@ -301,7 +342,7 @@ def save_params_npz(path: str, loaded: Loaded) -> None:
           "step": loaded.step, "epoch": loaded.epoch, "config": loaded.config}
   with atomic_path(path) as tmp:
     with open(tmp, "wb") as f:
-      np.savez(f, mean_image=loaded.mean_image, meta=np.array(json.dumps(meta)), **arrays)
+      np.savez(f, mean_image=loaded.mean_image, meta=np.array(json.dumps(meta, allow_nan=False)), **arrays)
 
 
 def _load_npz(path: str) -> Loaded:
