@@ -37,7 +37,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
 from zf_jax import models
-from zf_jax.files import atomic_path
+from zf_jax.files import atomic_path, check_finite_json
 
 CHECKPOINT_DIR = "checkpoints"
 ITEMS = ("params", "opt_state", "extras", "meta", "data")
@@ -340,6 +340,7 @@ def save_params_npz(path: str, loaded: Loaded) -> None:
             for layer, values in loaded.params.items() for name, value in values.items()}
   meta = {"arch": arch_to_dict(loaded.arch), "num_classes": loaded.num_classes, "class_names": loaded.class_names,
           "step": loaded.step, "epoch": loaded.epoch, "config": loaded.config}
+  check_finite_json(meta, f"{os.path.basename(path)} metadata")
   with atomic_path(path) as tmp:
     with open(tmp, "wb") as f:
       np.savez(f, mean_image=loaded.mean_image, meta=np.array(json.dumps(meta, allow_nan=False)), **arrays)

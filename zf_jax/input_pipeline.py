@@ -39,6 +39,7 @@ from absl import flags
 
 from zf_jax import data
 from zf_jax.data import preprocess
+from zf_jax.files import pid_alive
 
 
 @dataclasses.dataclass(frozen=True)
@@ -246,7 +247,7 @@ def release_shared_memory(owner: int | None = None) -> list[str]:
   removed = []
   for name in entries:
     pid = name[len(SHM_PREFIX):].split("_")[0] if name.startswith(SHM_PREFIX) else ""
-    if not pid.isdigit() or (int(pid) != owner if owner is not None else _alive(int(pid))):
+    if not pid.isdigit() or (int(pid) != owner if owner is not None else pid_alive(int(pid))):
       continue
     try:  # attach, then unlink: also drops the name from this process's resource tracker
       block = shared_memory.SharedMemory(name)
@@ -256,16 +257,6 @@ def release_shared_memory(owner: int | None = None) -> list[str]:
     except OSError:  # removed meanwhile (by another worker), or not ours to remove
       pass
   return removed
-
-
-def _alive(pid: int) -> bool:
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:
-    return True
-  return True
 
 
 def load_datasets(config: Any) -> Datasets:

@@ -14,7 +14,7 @@ from typing import Mapping
 import tensorboardX
 from absl import logging
 
-from zf_jax.files import atomic_path
+from zf_jax.files import atomic_path, check_finite_json
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
@@ -84,8 +84,10 @@ class Writer:
     if not self._enabled:
       return
     values = {k: float(v) for k, v in values.items()}
+    record = {"step": step, **values}
+    check_finite_json(record, f"{METRICS_FILE} at step {step}")
     with open(self._path, "a") as f:
-      f.write(json.dumps({"step": step, **values}) + "\n")
+      f.write(json.dumps(record, allow_nan=False) + "\n")
     for name, value in values.items():
       self._tb.add_scalar(name, value, step)
 

@@ -8,6 +8,8 @@ file or a scikit-image sample photo; `input_boxes` maps boxes on a photo onto th
 """
 from __future__ import annotations
 
+import re
+import warnings
 from typing import Any
 
 import numpy as np
@@ -44,10 +46,16 @@ def read_image(source: str) -> np.ndarray:
     return preprocess.to_rgb(getattr(skimage.data, name)())
   from PIL import Image
   try:
-    with Image.open(source) as image:
-      check_image_pixels(*image.size, source)
-      return preprocess.pil_to_rgb(image)
-  except (OSError, ValueError, Image.DecompressionBombError) as e:  # missing, a folder, not an image, truncated
+    with warnings.catch_warnings():  # PIL's DecompressionBombWarning: check_image_pixels says it in one line
+      warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+      with Image.open(source) as image:
+        check_image_pixels(*image.size, source)
+        return preprocess.pil_to_rgb(image)
+  except Image.DecompressionBombError as e:  # PIL's own limit (2 x 89 M pixels) is met before ours is tried
+    pixels = re.search(r"\((\d+) pixels\)", str(e))
+    raise ValueError(f"image={source!r} is {pixels[1] if pixels else 'too many'} pixels; allowed: at most "
+                     f"{MAX_IMAGE_PIXELS} pixels (a decompression bomb, or a photo to downscale first)") from None
+  except (OSError, ValueError) as e:  # missing, a folder, not an image, truncated ("image file is truncated")
     if isinstance(e, ValueError) and str(e).startswith(f"image={source!r}"):
       raise
     raise ValueError(f"image={source!r} is not a readable image file ({type(e).__name__}: {e}); allowed: "
