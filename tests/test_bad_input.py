@@ -21,7 +21,7 @@ from absl import logging as absl_logging
 from jax.experimental import checkify
 from PIL import Image
 
-from zf_jax import checkpoint, convert, deconv, flax_module, metrics, models, train_lib
+from zf_jax import checkpoint, convert, deconv, evaluation, flax_module, metrics, models, train_lib
 from zf_jax import files as zf_files
 from zf_jax.analysis import correspondence, ensemble, probes, transfer
 from zf_jax.data import checks, datasets, model_inputs, preprocess
@@ -297,6 +297,15 @@ LIBRARY = {
     "correspondence: --parts naming a file that is not an image": (
         lambda p, x, t, f: correspondence.read_parts(str(f / "parts.json")), ValueError,
         ["'/etc/passwd'", "not an image file", "allowed: image files"]),
+    "zf_files.staged: --out below a file": (
+        lambda p, x, t, f: zf_files.staged(str(f / "a_file" / "sub" / "out")).__enter__(), ValueError,
+        ["cannot be created", "a_file is a file", "allowed: a folder"]),
+    "get_dataset: an empty slice": (
+        lambda p, x, t, f: datasets.get_dataset("synthetic", "validation[:0]"), ValueError,
+        ["split='validation[:0]'", "allowed: a split or slice with at least one image"]),
+    "evenly_spaced: max_images=-3 under the caller's name": (
+        lambda p, x, t, f: evaluation.evenly_spaced(list(range(8)), -3, "--train_images"), ValueError,
+        ["--train_images=-3", "allowed: an int >= 1"]),
     "zf_files.staged: --out is a file": (
         lambda p, x, t, f: zf_files.staged(str(f / "a_file")).__enter__(), ValueError,
         ["a_file", "is a file", "allowed: a folder"]),

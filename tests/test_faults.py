@@ -21,7 +21,7 @@ ENV = {**os.environ, "JAX_PLATFORMS": "cpu"}
 _FAILING_SAVE = textwrap.dedent("""
     import os, sys
     workdir = sys.argv[1]
-    sys.argv = ["train.py", "--config=configs/smoke.py", f"--workdir={workdir}", "--config.num_epochs=1"]
+    sys.argv = ["train.py", "--config=configs/smoke.py", f"--workdir={{workdir}}", "--config.num_epochs=1"]
     sys.path.insert(0, {root!r})
     import train
     from absl import app

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 import sys
 from typing import Any, Iterator, Mapping, Sequence
@@ -190,6 +191,7 @@ def _read_only(workdir: str, step: int | None = None) -> Iterator[ocp.Checkpoint
 def _unreadable(directory: str, step: int | None, error: Exception) -> ValueError:
   """One error line for a checkpoint that cannot be read (and no tracebacks after it)."""
   _drop_closed_loop_reports()
+  _drop_orphan_task_reports()
   what = os.path.join(directory, str(step)) if step is not None else directory
   first = str(error).strip().splitlines()[0] if str(error).strip() else ""
   return ValueError(f"checkpoint {what} cannot be read, it is corrupt or truncated ({type(error).__name__}: "
@@ -222,6 +224,21 @@ def _drop_closed_loop_reports() -> None:
         previous_except(kind, value, tb)
     except_hook.zf_jax_closed_loop_filter = True
     sys.excepthook = except_hook
+
+
+class _OrphanTaskFilter(logging.Filter):
+  """Drops asyncio's "Task exception was never retrieved" reports: after a failed read, orbax leaves the read's
+  other tasks unawaited, and asyncio logs each one's error (a traceback) when it is collected."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("Task exception was never retrieved")
+
+
+def _drop_orphan_task_reports() -> None:
+  """Installs `_OrphanTaskFilter` on the asyncio logger, once (only after a checkpoint read failed)."""
+  logger = logging.getLogger("asyncio")
+  if not any(isinstance(f, _OrphanTaskFilter) for f in logger.filters):
+    logger.addFilter(_OrphanTaskFilter())
 
 
 def _manager(workdir: str, options: ocp.CheckpointManagerOptions) -> ocp.CheckpointManager:

@@ -110,9 +110,14 @@ def staged(out: str) -> Iterator[str]:
   """
   out = os.path.realpath(out)  # a symlinked --out: switch the folder it points to
   parent, name = os.path.split(out)
-  os.makedirs(parent, exist_ok=True)
   if os.path.exists(out) and not os.path.isdir(out):
     raise ValueError(f"out={out!r} is a file; allowed: a folder (new or existing)")
+  existing = parent
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    raise ValueError(f"out={out!r} cannot be created: {existing} is a file; allowed: a folder (new or existing)")
+  os.makedirs(parent, exist_ok=True)
   _remove_stale_stages(parent, name, out)
   stage = os.path.join(parent, f".{name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
   os.mkdir(stage)  # 0777 less the umask
