@@ -309,8 +309,8 @@ LOCK_FILE = "train.lock"
 
 
 def lock_workdir(workdir: str) -> int:
-  """Creates `workdir` if needed and takes an exclusive lock on its `train.lock` (fcntl.flock), held until
-  the returned file descriptor is closed (or the process ends, however it ends).
+  """Creates `workdir` if needed and takes an exclusive lock on its (empty) `train.lock` (fcntl.flock), held
+  until the returned file descriptor is closed (or the process ends, however it ends).
 
   Raises:
     ValueError: another process holds the lock (names its pid).
@@ -321,15 +321,28 @@ def lock_workdir(workdir: str) -> int:
   try:
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
   except BlockingIOError:
-    holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+    holder = _lock_holder(fd)
     os.close(fd)
     raise ValueError(f"workdir={workdir!r} is in use by another trainer (pid {holder}, holding {path}); "
                      "allowed: one train.py per workdir (wait for it to end, or stop it)") from None
   except OSError as e:  # a file system without flock (some network file systems): train unlocked
     logging.warning("cannot lock %s (%s); make sure no other trainer uses this workdir", path, e.strerror)
-  os.ftruncate(fd, 0)
-  os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
   return fd
+
+
+def _lock_holder(fd: int) -> str:
+  """The pid holding a flock on the open file `fd`, from /proc/locks (the lock file itself is never written,
+  so re-running a finished run changes nothing); "unknown" where that cannot be read."""
+  inode = os.fstat(fd).st_ino
+  try:
+    with open("/proc/locks") as f:
+      for line in f:
+        fields = line.split()  # "1: FLOCK ADVISORY WRITE <pid> <major>:<minor>:<inode> 0 EOF"
+        if len(fields) > 5 and fields[1] == "FLOCK" and fields[5].rsplit(":", 1)[-1] == str(inode):
+          return fields[4]
+  except OSError:
+    pass
+  return "unknown"
 
 
 def _check_history(workdir: str, previous: Mapping[str, Any] | None) -> None:
