@@ -98,7 +98,8 @@ def read_parts(path: str) -> tuple[list[str], dict[str, list[Box | None]]]:
               for s in sources]
   for source in resolved:
     if not source.startswith(("skimage:", TINY_PREFIX)) and (
-        not source.lower().endswith(model_inputs.IMAGE_EXTENSIONS) or not os.path.isfile(source)):
+        not source.lower().endswith(model_inputs.IMAGE_EXTENSIONS) or
+        (os.path.exists(source) and not os.path.isfile(source))):  # a missing file: read_image names it
       raise ValueError(f"parts={path!r} names {source!r}, not an image file; allowed: image files "
                        f"({', '.join(model_inputs.IMAGE_EXTENSIONS)}), skimage:NAME or {TINY_PREFIX}NAME")
   return resolved, parts
