@@ -9,6 +9,7 @@ from the environment (TPU, SLURM, Open MPI), or given as --coordinator_address=H
 Gloo collectives). Every process runs the same command with the same --workdir on a shared file system.
 """
 import logging as std_logging
+import os
 import re
 import runpy
 import sys
@@ -47,15 +48,38 @@ def parse_flags(argv: list[str]) -> list[str]:
   except flags.Error as e:  # a flag absl does not know, or a value that does not parse
     _fail(f"{str(e).splitlines()[0]}; allowed: the flags of train.py --helpfull, values of each key's type")
   except AttributeError as e:  # --config.KEY=... with a KEY the config does not have
-    key = next((a.split("=")[0][len("--config."):] for a in argv if a.startswith("--config.")
-                and a.split("=")[0][len("--config."):].split(".")[0] in str(e)), "?")
+    key, parent, keys = _unknown_key(argv)
     guess = re.search(r'Did you mean "([^"]+)"', str(e))
-    _fail(f"--config.{key}: {_config_path(argv)} has no such key{f' (did you mean {guess[1]}?)' if guess else ''}; "
-          f"allowed: {_config_keys(_config_path(argv))}")
+    where = f"{_config_path(argv)}" + (f"'s {parent}" if parent else "")
+    _fail(f"--config.{key}: {where} has no such key{f' (did you mean {guess[1]}?)' if guess else ''}; "
+          f"allowed: {keys}")
   except (OSError, SyntaxError, ImportError) as e:  # the config file: missing, unreadable, not Python
     detail = str(e).strip().splitlines()[-1].strip() if str(e).strip() else type(e).__name__
     _fail(f"--config={_config_path(argv)} cannot be loaded ({detail}); allowed: a configs/*.py file defining "
           "get_config()")
+
+
+def _unknown_key(argv: list[str]) -> tuple[str, str, str]:
+  """(the first --config.KEY of argv that the config file lacks, the dotted key holding it ("" at the top),
+  the keys allowed there); ("?", "", the top-level keys) where the config file cannot be run."""
+  try:
+    config = runpy.run_path(_config_path(argv).split(":")[0])["get_config"]().to_dict()
+  except Exception:
+    return "?", "", _config_keys(_config_path(argv))
+  for arg in argv:
+    if not arg.startswith("--config."):
+      continue
+    key = arg.split("=")[0][len("--config."):]
+    node, parts = config, key.split(".")
+    for i, part in enumerate(parts):
+      if not isinstance(node, dict) or part not in node:
+        parent = ".".join(parts[:i])
+        allowed = ", ".join(sorted(node)) if isinstance(node, dict) and node else \
+            f"none ({parent} is empty in the config file: set its keys there)" if isinstance(node, dict) else \
+            f"none ({parent} is not a dict)"
+        return key, parent, allowed
+      node = node[part]
+  return "?", "", _config_keys(_config_path(argv))
 
 
 def _config_keys(path: str) -> str:
@@ -74,13 +98,20 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     _fail(f"unexpected arguments: {' '.join(argv[1:])}; allowed: flags only (--config=FILE --workdir=DIR ...)")
   # Keep INFO lines of this program; libraries (orbax, jax) speak at WARNING and above.
+  # Orbax's own reports of a failed checkpoint write (tracebacks) are dropped: the failure reaches
+  # train_lib, which says it in one line.
   logging.get_absl_logger().addFilter(
-      lambda r: r.levelno >= std_logging.WARNING or "/zf_jax/" in r.pathname or r.pathname == __file__)
+      lambda r: (r.levelno >= std_logging.WARNING and not ("/orbax/" in r.pathname and r.exc_info))
+      or "/zf_jax/" in r.pathname or r.pathname == __file__)
   if MULTIHOST.value:
     jax.distributed.initialize(COORDINATOR.value, NUM_PROCESSES.value, PROCESS_ID.value)
   logging.info("JAX devices: %s (process %d of %d)", jax.devices(), jax.process_index(), jax.process_count())
   try:
     result = train_lib.train_and_evaluate(CONFIG.value, WORKDIR.value)
+  except train_lib.CheckpointSaveError as e:  # orbax's threads of the failed save would hang the exit
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(1)
   except (ValueError, train_lib.NonFiniteLossError) as e:
     _fail(str(e))
   except OSError as e:  # the workdir or a data file became unwritable/unreadable during the run

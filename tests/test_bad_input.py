@@ -21,8 +21,9 @@ from absl import logging as absl_logging
 from jax.experimental import checkify
 from PIL import Image
 
-from zf_jax import checkpoint, deconv, models, train_lib
+from zf_jax import checkpoint, convert, deconv, evaluation, flax_module, metrics, models, train_lib
 from zf_jax import files as zf_files
+from zf_jax.analysis import correspondence, ensemble, probes, transfer
 from zf_jax.data import checks, datasets, model_inputs, preprocess
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -110,7 +111,32 @@ def files(tmp_path_factory, model):
   for name in os.listdir(data_dir):
     _truncate(data_dir / name, 10)
   (root / "a_file").write_text("not a folder")
+  # Issue 25: a params file with one NaN, a copy of model.npz under another name, a decompression bomb
+  # (a PNG whose header claims 20000 x 20000 pixels), metrics files with a torn or a damaged line.
+  nan = dict(np.load(root / "model.npz"))
+  nan["params/conv1/kernel"] = nan["params/conv1/kernel"].copy()
+  nan["params/conv1/kernel"][0, 0, 0, 0] = np.nan
+  np.savez(root / "nan.npz", **nan)
+  (root / "copy.npz").write_bytes((root / "model.npz").read_bytes())
+  (root / "bomb.png").write_bytes(_bomb_png(20000, 20000))
+  for name, text in (("torn", '{"step": 1, "train_loss": 2.3}\n{"step": 2, "trai'),
+                     ("damaged", '{"step": 1}\nnot json\n{"step": 2}\n')):
+    os.makedirs(root / name)
+    (root / name / "metrics.jsonl").write_text(text)
+  (root / "parts.json").write_text(json.dumps({"/etc/passwd": {"eye": [0, 0, 4, 4]}}))
   return root
+
+
+def _bomb_png(width, height):
+  """A small PNG whose header claims width x height pixels (its data is one row: it cannot be decoded)."""
+  import struct
+  import zlib
+
+  def chunk(kind, data):
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xffffffff)
+  header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+  return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * (width + 1))) + \
+      chunk(b"IEND", b"")
 
 
 # --- The library: (call, exception, fragments the message must hold). ---
@@ -208,10 +234,100 @@ LIBRARY = {
     "scan_split: a label out of range": (
         lambda p, x, t, f: checks.scan_split([{"image": np.zeros((64, 64, 3), np.uint8), "label": 7}], "s", 2, 64),
         ValueError, ["label 7", "allowed: 0..1"]),
+    # Issue 25: non-finite weights, where they enter.
+    "forward: a NaN in conv1's kernel": (
+        lambda p, x, t, f: models.forward(TINY, _params_with(p, "conv1", "kernel", np.where(
+            np.arange(4) == 2, np.nan, p["conv1"]["kernel"]).astype(np.float32)), x), ValueError,
+        ["params['conv1']['kernel']", "NaN or Inf", "allowed: finite weights"]),
+    "forward: an Inf bias (jax array)": (
+        lambda p, x, t, f: models.forward(TINY, _params_with(p, "fc7", "bias", jnp.full(8, jnp.inf)), x), ValueError,
+        ["params['fc7']['bias']", "NaN or Inf"]),
+    "forward: a batch of 0 images": (
+        lambda p, x, t, f: models.forward(TINY, p, x[:0]), ValueError, ["(0, 56, 56, 3)", "B >= 1"]),
+    "init_params: weight_std=nan": (
+        lambda p, x, t, f: models.init_params(TINY, jax.random.key(0), 3, weight_std=float("nan")), ValueError,
+        ["weight_std=nan", "allowed: a finite number >= 0"]),
+    "init_params: a NaN bias for one layer": (
+        lambda p, x, t, f: models.init_params(TINY, jax.random.key(0), 3, bias={"fc6": float("inf")}), ValueError,
+        ["bias['fc6']=inf", "allowed: a finite number"]),
+    "init_params: an int, not a key": (
+        lambda p, x, t, f: models.init_params(TINY, 0, 3), ValueError, ["key=0", "allowed: a jax.random key"]),
+    "flax ConvNet: an arch that is neither an Arch nor a name": (
+        lambda p, x, t, f: flax_module.ConvNet(5, num_classes=3).init(jax.random.key(0), x), ValueError,
+        ["arch=5", "allowed: zfnet"]),
+    "load_for_analysis: an npz with a NaN": (
+        lambda p, x, t, f: checkpoint.load_for_analysis(str(f / "nan.npz")), ValueError,
+        ["params['conv1']['kernel'] holds 1 NaN or Inf", "allowed: finite weights"]),
+    "convert_state_dict: a state_dict with a NaN": (
+        lambda p, x, t, f: convert.convert_state_dict("torchvision:alexnet", _alexnet_state_dict(np.nan)), ValueError,
+        ["state_dict's params['conv5']['bias']", "NaN or Inf"]),
+    "convert: --out in a folder that is a file": (
+        lambda p, x, t, f: convert.convert(str(f / "a_file"), str(f / "a_file" / "out.npz"), "torchvision:alexnet"),
+        ValueError, ["a_file/out.npz", "cannot be written", "is a file", "allowed: a .npz file in a writable folder"]),
+    "convert: a source that is a folder": (
+        lambda p, x, t, f: convert.load_state_dict(str(f / "images")), ValueError, ["images", "is a folder"]),
+    "project: a trace of another arch": (
+        lambda p, x, t, f: deconv.project(TINY, p, models.Trace({**t.activations, "conv2": t.activations["conv2"][
+            :, :7]}, t.switches), "conv5", 1), ValueError, ["trace.activations['conv2']", "another arch"]),
+    "read_image: a decompression bomb": (
+        lambda p, x, t, f: model_inputs.read_image(str(f / "bomb.png")), ValueError,
+        ["bomb.png", "400000000 pixels", f"at most {model_inputs.MAX_IMAGE_PIXELS} pixels"]),
+    "save_json: a NaN": (
+        lambda p, x, t, f: zf_files.save_json({"a": [1.0, float("nan")]}, str(f / "x.json")), ValueError,
+        ["x.json", "the number at .a[1]", "not finite"]),
+    "save_params_npz: NaN metadata": (
+        lambda p, x, t, f: checkpoint.save_params_npz(str(f / "x.npz"), checkpoint.Loaded(
+            TINY, p, np.zeros(3, np.float32), 3, None, 0, float("nan"), {})), ValueError, ["NaN"]),
+    "metrics.read: a damaged line that is not the last": (
+        lambda p, x, t, f: metrics.read(str(f / "damaged")), ValueError,
+        [os.path.join("damaged", "metrics.jsonl"), "line 2", "allowed: one JSON record a line"]),
+    "ensemble: one workdir twice": (
+        lambda p, x, t, f: ensemble.compute([str(f / "workdir"), str(f / "workdir") + "/"]), ValueError,
+        ["names", "twice", "allowed: distinct models"]),
+    "ensemble: one model under two names": (
+        lambda p, x, t, f: ensemble.compute([str(f / "model.npz"), str(f / "copy.npz")]), ValueError,
+        ["model.npz", "copy.npz", "the same parameters"]),
+    "transfer: a target of one class": (
+        lambda p, x, t, f: transfer.prepare(TINY, p, np.zeros(3), 64, _one_class_target(), shots=(1,), folds=1),
+        ValueError, ["target='one'", "has 1 class", "allowed: a target with at least 2 classes"]),
+    "transfer: l2=-1": (
+        lambda p, x, t, f: transfer.compute(object(), l2=-1.0), ValueError, ["l2=-1.0", "allowed: a finite number >= 0"]),
+    "probes: l2=-1": (
+        lambda p, x, t, f: probes.compute(object(), l2=-1), ValueError, ["l2=-1", "unbounded"]),
+    "correspondence: --parts naming a file that is not an image": (
+        lambda p, x, t, f: correspondence.read_parts(str(f / "parts.json")), ValueError,
+        ["'/etc/passwd'", "not an image file", "allowed: image files"]),
+    "zf_files.staged: --out below a file": (
+        lambda p, x, t, f: zf_files.staged(str(f / "a_file" / "sub" / "out")).__enter__(), ValueError,
+        ["cannot be created", "a_file is a file", "allowed: a folder"]),
+    "get_dataset: an empty slice": (
+        lambda p, x, t, f: datasets.get_dataset("synthetic", "validation[:0]"), ValueError,
+        ["split='validation[:0]'", "allowed: a split or slice with at least one image"]),
+    "evenly_spaced: max_images=-3 under the caller's name": (
+        lambda p, x, t, f: evaluation.evenly_spaced(list(range(8)), -3, "--train_images"), ValueError,
+        ["--train_images=-3", "allowed: an int >= 1"]),
     "zf_files.staged: --out is a file": (
         lambda p, x, t, f: zf_files.staged(str(f / "a_file")).__enter__(), ValueError,
         ["a_file", "is a file", "allowed: a folder"]),
 }
+
+
+def _alexnet_state_dict(bad):
+  """A torchvision AlexNet state_dict of zeros (10 classes) with `bad` in conv5's bias."""
+  spec = convert.get_source("torchvision:alexnet")
+  shapes = models.param_shapes(spec.arch, 10)
+  out = {}
+  for layer, prefix in spec.keys.items():
+    kernel = shapes[layer]["kernel"]
+    out[f"{prefix}.weight"] = np.zeros(kernel[::-1] if len(kernel) == 2 else (kernel[3], kernel[2], *kernel[:2]),
+                                       np.float32)
+    out[f"{prefix}.bias"] = np.full(kernel[-1], bad if layer == "conv5" else 0, np.float32)
+  return out
+
+
+def _one_class_target():
+  from types import SimpleNamespace
+  return SimpleNamespace(name="one", train=SimpleNamespace(class_names=["a"], num_classes=1))
 
 
 @pytest.mark.parametrize("name", list(LIBRARY))
@@ -268,6 +384,19 @@ TRAINING = {
     "a workdir that is a file": ({}, "workdir-file", ["workdir=", "is a file", "allowed: a writable folder"]),
     "a workdir below a file": ({}, "workdir-below-file", ["cannot be created", "is a file", "allowed"]),
     "an unknown dataset": ({"dataset": "no_such_dataset"}, None, ["dataset='no_such_dataset'", "allowed"]),
+    # Issue 25: every key is checked before anything is made; checkpoints/ and metrics history are guarded.
+    "seed=-1": ({"seed": -1}, None, ["seed=-1", "allowed: an int >= 0"]),
+    "train_per_class=-1": ({"train_per_class": -1}, None, ["train_per_class=-1", "allowed: an int >= 0"]),
+    "batch_size=0": ({"batch_size": 0}, None, ["batch_size=0", "allowed: an int >= 1"]),
+    "eval_batch_size=0": ({"eval_batch_size": 0}, None, ["eval_batch_size=0", "allowed: an int >= 1"]),
+    "a NaN layer_weight_std": ({"layer_weight_std": {"conv1": float("nan")}}, None,
+                               ["layer_weight_std.conv1=nan", "allowed: a finite number > 0"]),
+    "checkpoints is a file": ({}, "checkpoints-file", ["checkpoints is not a folder", "allowed: a writable"]),
+    "checkpoints is not writable": ({}, "checkpoints-read-only", ["checkpoints is not writable", "allowed"]),
+    "metrics but no checkpoint": ({}, "metrics-only", ["has no checkpoint but metrics.jsonl holds 2 records",
+                                                       "allowed: another --workdir"]),
+    "a workdir locked by another trainer": ({}, "locked", ["is in use by another trainer", f"(pid {os.getpid()}",
+                                                           "allowed: one train.py per workdir"]),
 }
 
 
@@ -281,11 +410,31 @@ def test_training_fails_before_the_first_step(name, tmp_path):
   elif damage == "workdir-below-file":
     (tmp_path / "file").write_text("x")
     workdir = tmp_path / "file" / "run"
+  elif damage == "checkpoints-file":
+    os.makedirs(workdir)
+    (workdir / "checkpoints").write_text("x")
+  elif damage == "checkpoints-read-only":  # root ignores permission bits: a folder of a read-only mount
+    try:
+      checkpoint.probe_writable("/sys/kernel/mm")
+      pytest.skip("needs /sys/kernel/mm, a folder that cannot be written")
+    except OSError:
+      pass
+    os.makedirs(workdir)
+    os.symlink("/sys/kernel/mm", workdir / "checkpoints")
+  elif damage == "metrics-only":
+    os.makedirs(workdir)
+    (workdir / "metrics.jsonl").write_text('{"step": 2, "train_loss": 2.3}\n{"step": 4, "train_loss": 2.2}\n')
+  elif damage == "locked":
+    lock = train_lib.lock_workdir(str(workdir))  # a second open file description: flock refuses it as any other
   elif damage:
     damage(folder)
   before = _snapshot(tmp_path)
-  with pytest.raises(ValueError) as info:
-    train_lib.train_and_evaluate(_config(folder, **overrides), str(workdir))
+  try:
+    with pytest.raises(ValueError) as info:
+      train_lib.train_and_evaluate(_config(folder, **overrides), str(workdir))
+  finally:
+    if damage == "locked":
+      os.close(lock)
   message = str(info.value)
   assert len(message.splitlines()) == 1 and all(f in message for f in fragments), message
   assert _snapshot(tmp_path) == before  # no workdir, no checkpoints folder, data untouched
@@ -332,6 +481,12 @@ TRAIN_CLI = {
                                ["cannot be created", "allowed: a writable folder"]),
     "an extra argument": (["--config=configs/smoke.py", "--workdir={tmp}/run", "extra"],
                           ["unexpected arguments: extra", "allowed: flags only"]),
+    "a layer arch_features lacks": (["--config=configs/smoke.py", "--config.arch_features.conv9=8", "--workdir={tmp}/run"],
+                                    ["--config.arch_features.conv9", "'s arch_features has no such key",
+                                     "allowed: conv1, conv2"]),
+    "a key of an empty dict": (["--config=configs/smoke.py", "--config.layer_weight_std.conv1=-1", "--workdir={tmp}/run"],
+                               ["--config.layer_weight_std.conv1", "layer_weight_std is empty in the config file"]),
+    "seed=-1": (["--config=configs/smoke.py", "--config.seed=-1", "--workdir={tmp}/run"], ["seed=-1", "allowed"]),
 }
 
 _DRIVER = textwrap.dedent("""
@@ -455,6 +610,35 @@ def test_topk_with_k_2_and_16_images_and_umask_modes(files, capsys):
   assert not [e for e in os.listdir(files) if ".tmp-" in e]
   assert stat.S_IMODE(os.stat(out / "topk.json").st_mode) == 0o644
   assert stat.S_IMODE(os.stat(out).st_mode) == 0o755
+
+
+def test_a_torn_last_metrics_line_is_dropped_with_a_warning(files):
+  records = []
+  handler = type("H", (absl_logging.logging.Handler,), {"emit": lambda self, r: records.append(r.getMessage())})()
+  absl_logging.get_absl_logger().addHandler(handler)
+  try:
+    assert metrics.read(str(files / "torn")) == [{"step": 1, "train_loss": 2.3}]
+  finally:
+    absl_logging.get_absl_logger().removeHandler(handler)
+  assert any(os.path.join("torn", "metrics.jsonl") in r and "torn last line 2" in r for r in records), records
+
+
+def test_flax_convnet_takes_an_arch_name():
+  x = np.zeros((1, 56, 56, 3), np.float32)
+  by_name = flax_module.ConvNet("zfnet64", num_classes=3)
+  variables = by_name.init(jax.random.key(0), x)
+  same = flax_module.ConvNet(models.get_arch("zfnet64"), num_classes=3).init(jax.random.key(0), x)
+  assert jax.tree.all(jax.tree.map(lambda a, b: bool((a == b).all()), variables, same))
+
+
+def test_finite_params_are_checked_once_per_array(model):
+  params, images, _ = model
+  params = jax.tree.map(jnp.asarray, params)
+  models.forward(TINY, params, images)
+  checked = dict(models._FINITE_CHECKED)
+  assert all(id(leaf) in checked for leaf in jax.tree.leaves(params))
+  models.forward(TINY, params, images)  # the same arrays: not read again
+  assert models._FINITE_CHECKED == checked
 
 
 def test_sixteen_bit_grayscale_png_keeps_its_tones(tmp_path):

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 import sys
 from typing import Any, Iterator, Mapping, Sequence
@@ -37,7 +38,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
 from zf_jax import models
-from zf_jax.files import atomic_path
+from zf_jax.files import atomic_path, check_finite_json
 
 CHECKPOINT_DIR = "checkpoints"
 ITEMS = ("params", "opt_state", "extras", "meta", "data")
@@ -65,6 +66,11 @@ def checkpoint_dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
 
 
+class SaveError(ValueError):
+  """A checkpoint could not be written (the earlier ones are kept). Orbax's save threads of the failed step
+  then wait for signals that never come: a program should end with os._exit after reporting it."""
+
+
 class Manager:
   """Saves and restores training checkpoints in `workdir/checkpoints` (used by train_lib).
 
@@ -78,6 +84,8 @@ class Manager:
         [checkpoint_managers.CustomSteps(list(keep_steps)), checkpoint_managers.LatestN(1)])
     self._manager = _manager(workdir, ocp.CheckpointManagerOptions(
         preservation_policy=policy, cleanup_tmp_directories=True))
+    self._saving: int | None = None
+    self._failed = False
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -90,7 +98,13 @@ class Manager:
                  extras=ocp.args.StandardSave(dict(extras)), meta=ocp.args.JsonSave(dict(meta)))
     if data is not None:
       items["data"] = grain.checkpoint.CheckpointSave(data)
-    self._manager.save(step, args=ocp.args.Composite(**items))
+    self._saving = step
+    try:
+      # Orbax blocks for its whole timeout (10 minutes) when it cannot make the step's folder: fail first.
+      probe_writable(str(self._manager.directory))
+      self._manager.save(step, args=ocp.args.Composite(**items))
+    except Exception as e:  # the previous (asynchronous) save failed, or this one could not start
+      raise self._save_error(e) from None
 
   def has_data(self, step: int) -> bool:
     """Whether checkpoint `step` holds an input iterator's state (not in checkpoints from before Grain)."""
@@ -114,14 +128,41 @@ class Manager:
 
   def restore_data(self, step: int, data: grain.DatasetIterator) -> None:
     """Moves `data`, an iterator over the dataset that was saved (`has_data(step)`), to its saved position."""
-    self._manager.restore(step, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(data)))
+    _drop_closed_loop_reports()
+    try:
+      self._manager.restore(step, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(data)))
+    except Exception as e:  # a damaged iterator-state file (a kill while it was written)
+      raise _unreadable(os.path.join(str(self._manager.directory), str(step)), "data", e) from None
 
   def wait(self) -> None:
-    """Blocks until every started save is complete on disk."""
-    self._manager.wait_until_finished()
+    """Blocks until every started save is complete on disk (nothing to wait for after a failed save)."""
+    if self._failed:
+      return
+    try:
+      self._manager.wait_until_finished()
+    except Exception as e:
+      raise self._save_error(e) from None
+
+  def _save_error(self, error: Exception) -> SaveError:
+    self._failed = True
+    directory = str(self._manager.directory)
+    kept = [s for s in self._manager.all_steps() if s != self._saving] if os.path.isdir(directory) else []
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return SaveError(f"saving checkpoint {self._saving} in {directory} failed ({type(error).__name__}: {first[:300]}); "
+                     f"{f'the checkpoints of steps {kept} are kept' if kept else 'no checkpoint is kept'}; allowed: "
+                     "a writable checkpoints folder with free space (then run the same command to resume)")
 
   def close(self) -> None:
+    if self._failed:  # orbax's close would wait for the failed save's threads
+      return
     self._manager.close()
+
+
+def probe_writable(directory: str) -> None:
+  """Raises OSError unless a file can be created in `directory` (root ignores permission bits: try it)."""
+  path = os.path.join(directory, f".write-test-{os.getpid()}")
+  os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+  os.remove(path)
 
 
 def _numpy_restore(manager: ocp.CheckpointManager, step: int, item: str) -> ocp.args.StandardRestore:
@@ -150,6 +191,7 @@ def _read_only(workdir: str, step: int | None = None) -> Iterator[ocp.Checkpoint
 def _unreadable(directory: str, step: int | None, error: Exception) -> ValueError:
   """One error line for a checkpoint that cannot be read (and no tracebacks after it)."""
   _drop_closed_loop_reports()
+  _drop_orphan_task_reports()
   what = os.path.join(directory, str(step)) if step is not None else directory
   first = str(error).strip().splitlines()[0] if str(error).strip() else ""
   return ValueError(f"checkpoint {what} cannot be read, it is corrupt or truncated ({type(error).__name__}: "
@@ -182,6 +224,21 @@ def _drop_closed_loop_reports() -> None:
         previous_except(kind, value, tb)
     except_hook.zf_jax_closed_loop_filter = True
     sys.excepthook = except_hook
+
+
+class _OrphanTaskFilter(logging.Filter):
+  """Drops asyncio's "Task exception was never retrieved" reports: after a failed read, orbax leaves the read's
+  other tasks unawaited, and asyncio logs each one's error (a traceback) when it is collected."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("Task exception was never retrieved")
+
+
+def _drop_orphan_task_reports() -> None:
+  """Installs `_OrphanTaskFilter` on the asyncio logger, once (only after a checkpoint read failed)."""
+  logger = logging.getLogger("asyncio")
+  if not any(isinstance(f, _OrphanTaskFilter) for f in logger.filters):
+    logger.addFilter(_OrphanTaskFilter())
 
 
 def _manager(workdir: str, options: ocp.CheckpointManagerOptions) -> ocp.CheckpointManager:
@@ -278,6 +335,7 @@ def _loaded(params: Any, mean_image: np.ndarray, meta: Mapping[str, Any]) -> Loa
   arch = arch_from_dict(meta["arch"])
   params = jax.tree.map(np.asarray, params)
   num_classes = models.check_params(arch, params)
+  models.check_finite_params(params)
   if num_classes != int(meta["num_classes"]):
     raise ValueError(f"params has {num_classes} classes (fc8), its metadata says num_classes={meta['num_classes']}")
   return Loaded(arch=arch, params=jax.tree.map(jax.numpy.asarray, params),
@@ -299,9 +357,10 @@ def save_params_npz(path: str, loaded: Loaded) -> None:
             for layer, values in loaded.params.items() for name, value in values.items()}
   meta = {"arch": arch_to_dict(loaded.arch), "num_classes": loaded.num_classes, "class_names": loaded.class_names,
           "step": loaded.step, "epoch": loaded.epoch, "config": loaded.config}
+  check_finite_json(meta, f"{os.path.basename(path)} metadata")
   with atomic_path(path) as tmp:
     with open(tmp, "wb") as f:
-      np.savez(f, mean_image=loaded.mean_image, meta=np.array(json.dumps(meta)), **arrays)
+      np.savez(f, mean_image=loaded.mean_image, meta=np.array(json.dumps(meta, allow_nan=False)), **arrays)
 
 
 def _load_npz(path: str) -> Loaded:

@@ -216,6 +216,7 @@ def convert_state_dict(source: str, state_dict: Mapping[str, Any], weights: str 
         h, w, c = below
         kernel = weight.reshape(-1, c, h, w).transpose(2, 3, 1, 0).reshape(h * w * c, -1)
     params[layer.name] = {"kernel": np.ascontiguousarray(kernel, np.float32), "bias": bias}
+  models.check_finite_params(params, what=f"the {source} state_dict's params")
   config = {"source": source, "weights": weights, "dataset": "imagenet2012",
             "preprocessing": {"input": "RGB in [0, 1], (x - mean) / std per channel", "mean": list(MEAN),
                               "std": list(STD), "mean_image": "255 * mean, subtracted from 0..255 pixels",
@@ -227,6 +228,8 @@ def convert_state_dict(source: str, state_dict: Mapping[str, Any], weights: str 
 
 def load_state_dict(path: str) -> Mapping[str, Any]:
   """A state_dict saved with torch.save (tensors only, read with weights_only=True)."""
+  if os.path.isdir(path):
+    raise ValueError(f"{path!r} is a folder; allowed: a source ({', '.join(SOURCES)}) or a .pth state_dict file")
   if not os.path.isfile(path):
     raise ValueError(f"{path!r} does not exist; give a source ({', '.join(SOURCES)}) or a .pth state_dict file")
   try:
@@ -261,6 +264,19 @@ def fetch(source: str) -> Mapping[str, Any]:
     raise ValueError(f"downloading {source}'s weights failed: {' '.join(str(e).split())}") from None
 
 
+def check_out(out: str) -> None:
+  """Raises one ValueError unless `out` can be written: its folder exists (or can be made) and is writable."""
+  folder = os.path.dirname(os.path.abspath(out))
+  existing = folder
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if os.path.isdir(out):
+    raise ValueError(f"--out={out!r} is a folder; allowed: a .npz file in a writable folder")
+  if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
+    why = "is a file" if not os.path.isdir(existing) else "is not writable"
+    raise ValueError(f"--out={out!r} cannot be written ({existing} {why}); allowed: a .npz file in a writable folder")
+
+
 def convert(source: str, out: str, arch: str | None = None) -> checkpoint.Loaded:
   """Converts and writes `out` (.npz, whole or not at all).
 
@@ -271,6 +287,7 @@ def convert(source: str, out: str, arch: str | None = None) -> checkpoint.Loaded
   """
   if not out.endswith(".npz"):
     raise ValueError(f"--out={out!r} must end in .npz")
+  check_out(out)
   if source in SOURCES:
     if arch is not None and arch != source:
       raise ValueError(f"--arch={arch!r} is for a local .pth file; {source!r} names its own layout")
@@ -295,6 +312,10 @@ def main(argv: list[str]) -> None:
     if not flags.FLAGS.out:
       raise ValueError("give --out=FILE.npz, the file to write")
     convert(argv[1], flags.FLAGS.out, flags.FLAGS.arch)
+  except OSError as e:  # writing --out failed after the checks (a full disk, a read-only mount)
+    print(f"convert: error: cannot write --out={flags.FLAGS.out!r} ({e.strerror or e}); allowed: a .npz file in a "
+          "writable folder", file=sys.stderr)
+    sys.exit(2)
   except ValueError as e:
     print(f"convert: error: {e}", file=sys.stderr)
     sys.exit(2)

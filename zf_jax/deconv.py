@@ -237,6 +237,13 @@ def _check(arch: Arch, params: Params, trace: Trace, layer: str, rule: str) -> t
                      f"{', '.join(arch.activation_names)}")
   if layer not in trace.activations:
     raise ValueError(f"trace has no activations for layer={layer!r}: is it the trace of {arch.name!r}?")
+  want, last = arch.shapes(), arch.layers[-1].name
+  for name, value in trace.activations.items():
+    got = tuple(value.shape[1:])
+    if name in want and (got != want[name] if name != last else got[:-1] != want[name][:-1]):
+      raise ValueError(f"trace.activations[{name!r}] has shape {tuple(value.shape)}; arch {arch.name!r} makes "
+                       f"[B, {', '.join(map(str, want[name]))}]: the trace is of another arch; allowed: "
+                       f"models.forward({arch.name!r}, ...)'s trace")
   return tuple(trace.activations[layer].shape)
 
 

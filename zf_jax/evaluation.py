@@ -33,14 +33,15 @@ ROLES = ("train", "val")
 READ_AHEAD = {"grain_workers": 0, "grain_read_threads": 4, "grain_prefetch": 4}
 
 
-def evenly_spaced(source: Any, max_images: int | None) -> Any:
+def evenly_spaced(source: Any, max_images: int | None, name: str = "max_images") -> Any:
   """`source`, or `max_images` of its images evenly spaced through it (as `data.compute_mean_image`
-  picks them: every class of a class-sorted split is represented)."""
+  picks them: every class of a class-sorted split is represented). `name` is what the caller's user calls
+  max_images (e.g. "--train_images"), for the error message."""
   n = len(source)
+  if max_images is not None and max_images < 1:
+    raise ValueError(f"{name}={max_images} is not allowed; allowed: an int >= 1 (or none for all {n} images)")
   if max_images is None or max_images >= n:
     return source
-  if max_images < 1:
-    raise ValueError(f"max_images={max_images} must be >= 1 (or None for all {n} images)")
   return data.few_shot.Subset(source, np.linspace(0, n - 1, max_images).round().astype(np.int64))
 
 

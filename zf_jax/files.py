@@ -71,16 +71,22 @@ def _non_finite(obj: Any, path: str = "") -> str | None:
   return None
 
 
+def check_finite_json(obj: Any, what: str) -> None:
+  """Raises one ValueError naming the first NaN or Inf number in `obj` (strict JSON has none), `what` being
+  the file (or record) it was meant for."""
+  bad = _non_finite(obj)
+  if bad is not None:
+    raise ValueError(f"{what}: the number at {bad or 'the top'} is not finite (NaN or Inf); allowed: finite numbers "
+                     "only (the inputs or weights that produced it are probably not finite)")
+
+
 def save_json(obj: Any, path: str) -> None:
   """Writes numbers as strict JSON (numpy scalars and arrays converted), whole or not at all.
 
   Raises:
     ValueError: a number is NaN or infinite (strict JSON has no such numbers); names it.
   """
-  bad = _non_finite(obj)
-  if bad is not None:
-    raise ValueError(f"{os.path.basename(path)}: the number at {bad or 'the top'} is not finite (NaN or Inf); "
-                     "allowed: finite numbers only (the inputs or weights that produced it are probably not finite)")
+  check_finite_json(obj, os.path.basename(path))
 
   def default(o):
     if isinstance(o, np.ndarray):
@@ -117,9 +123,14 @@ def staged(out: str) -> Iterator[str]:
   """
   out = os.path.realpath(out)  # a symlinked --out: switch the folder it points to
   parent, name = os.path.split(out)
-  os.makedirs(parent, exist_ok=True)
   if os.path.exists(out) and not os.path.isdir(out):
     raise ValueError(f"out={out!r} is a file; allowed: a folder (new or existing)")
+  existing = parent
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    raise ValueError(f"out={out!r} cannot be created: {existing} is a file; allowed: a folder (new or existing)")
+  os.makedirs(parent, exist_ok=True)
   _remove_stale_stages(parent, name, out)
   stage = os.path.join(parent, f".{name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
   os.mkdir(stage)  # 0777 less the umask
@@ -167,7 +178,7 @@ def _remove_stale_stages(parent: str, name: str, out: str) -> None:
     if not entry.startswith(prefix):
       continue
     pid = entry[len(prefix):].split("-")[0]
-    if pid.isdigit() and _alive(int(pid)):
+    if pid.isdigit() and pid_alive(int(pid)):
       continue
     path = os.path.join(parent, entry)
     if entry.endswith(".old") and not os.path.exists(out):
@@ -176,7 +187,8 @@ def _remove_stale_stages(parent: str, name: str, out: str) -> None:
       shutil.rmtree(path, ignore_errors=True)
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+  """Whether process `pid` runs (on this machine, in this pid namespace)."""
   try:
     os.kill(pid, 0)
   except ProcessLookupError:

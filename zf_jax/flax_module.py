@@ -34,12 +34,13 @@ class ConvNet(nn.Module):
   """A zf_jax `Arch` as a linen Module.
 
   Attributes:
-    arch: the architecture (`models.get_arch(...)`, or a converted model's `loaded.arch`).
+    arch: the architecture (`models.get_arch(...)`, or a converted model's `loaded.arch`), or its name
+      (one of `models.ARCH_NAMES`).
     num_classes: C, the classifier's width.
     weight_std, bias: initialisation as `models.init_params` (N(0, std^2) weights, constant biases;
       one value or a {layer: value} mapping): the paper's 1e-2 and 0 (section 3) by default.
   """
-  arch: models.Arch
+  arch: models.Arch | str
   num_classes: int = 1000
   weight_std: float | Mapping[str, float] = 0.01
   bias: float | Mapping[str, float] = 0.0
@@ -50,8 +51,10 @@ class ConvNet(nn.Module):
 
     train=True applies dropout and needs rngs={"dropout": key} in `apply`.
     """
+    arch = self.arch if isinstance(self.arch, models.Arch) else models.get_arch(self.arch)
+    models.check_init(self.weight_std, self.bias)
     params = {name: self.param(name, _init_layer, shapes, _per_layer(self.weight_std, name, 0.01),
                                _per_layer(self.bias, name, 0.0))
-              for name, shapes in models.param_shapes(self.arch, self.num_classes).items()}
-    dropout = train and any(isinstance(layer, models.Dense) and layer.dropout for layer in self.arch.layers)
-    return models.forward(self.arch, params, images, train=train, rng=self.make_rng("dropout") if dropout else None)
+              for name, shapes in models.param_shapes(arch, self.num_classes).items()}
+    dropout = train and any(isinstance(layer, models.Dense) and layer.dropout for layer in arch.layers)
+    return models.forward(arch, params, images, train=train, rng=self.make_rng("dropout") if dropout else None)

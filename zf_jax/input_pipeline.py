@@ -23,6 +23,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
+import secrets
+import threading
+import time
+from multiprocessing import shared_memory
 from typing import Any
 
 import grain
@@ -34,6 +39,7 @@ from absl import flags
 
 from zf_jax import data
 from zf_jax.data import preprocess
+from zf_jax.files import pid_alive
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,9 +200,63 @@ def loader(dataset: grain.MapDataset, config: ml_collections.ConfigDict) -> grai
   if config.grain_workers:
     if not flags.FLAGS.is_parsed():  # Grain's worker processes read absl flags: defaults outside absl.app.run
       flags.FLAGS.mark_as_parsed()
+    release_shared_memory()  # what killed trainers' workers left behind
     iterable = iterable.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.grain_workers,
-                                                                  per_worker_buffer_size=config.grain_prefetch))
+                                                                  per_worker_buffer_size=config.grain_prefetch),
+                                    worker_init_fn=functools.partial(_worker_init, os.getpid()))
   return iter(iterable)
+
+
+# Grain's workers (spawned processes) hand each batch over in a POSIX shared-memory block. In our workers
+# those blocks are named /dev/shm/zfjax_<trainer pid>_<random>, so the blocks of a trainer that is gone are
+# provably ours to remove (Python's own names, psm_<random>, say nothing of who made them).
+SHM_PREFIX = "zfjax_"
+SHM_FOLDER = "/dev/shm"
+_PARENT_POLL_S = 0.5
+
+
+def _worker_init(parent: int, worker: int, num_workers: int) -> None:
+  """Runs first in each Grain worker: names its shared memory after the trainer `parent`, and starts a thread
+  that ends the worker (after removing the trainer's shared memory) as soon as the trainer is gone.
+
+  A thread polling getppid rather than prctl(PR_SET_PDEATHSIG): Linux sends that signal when the *thread*
+  that started the worker ends, and Grain starts its workers from a thread pool's threads.
+  """
+  del worker, num_workers
+  shared_memory._make_filename = lambda: f"/{SHM_PREFIX}{parent}_{secrets.token_hex(6)}"
+  if os.getppid() != parent:  # the trainer died while this worker started
+    release_shared_memory(parent)
+    os._exit(1)
+  threading.Thread(target=_exit_with_parent, args=(parent,), name="zf_jax-parent-watch", daemon=True).start()
+
+
+def _exit_with_parent(parent: int) -> None:
+  while os.getppid() == parent:
+    time.sleep(_PARENT_POLL_S)
+  release_shared_memory(parent)
+  os._exit(1)
+
+
+def release_shared_memory(owner: int | None = None) -> list[str]:
+  """Removes the shared-memory blocks of our Grain workers (`SHM_PREFIX`): those of trainer `owner`, or
+  (None) those of every trainer that no longer runs. Returns the names removed."""
+  try:
+    entries = os.listdir(SHM_FOLDER)
+  except OSError:  # no /dev/shm (not Linux): Python's resource tracker is all there is
+    return []
+  removed = []
+  for name in entries:
+    pid = name[len(SHM_PREFIX):].split("_")[0] if name.startswith(SHM_PREFIX) else ""
+    if not pid.isdigit() or (int(pid) != owner if owner is not None else pid_alive(int(pid))):
+      continue
+    try:  # attach, then unlink: also drops the name from this process's resource tracker
+      block = shared_memory.SharedMemory(name)
+      block.close()
+      block.unlink()
+      removed.append(name)
+    except OSError:  # removed meanwhile (by another worker), or not ours to remove
+      pass
+  return removed
 
 
 def load_datasets(config: Any) -> Datasets:

@@ -12,20 +12,46 @@ import os
 from typing import Mapping
 
 import tensorboardX
+from absl import logging
 
-from zf_jax.files import atomic_path
+from zf_jax.files import atomic_path, check_finite_json
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
 
 
 def read(workdir: str) -> list[dict]:
-  """All records of `workdir/metrics.jsonl`, in order ([] if there is none)."""
+  """All records of `workdir/metrics.jsonl`, in order ([] if there is none).
+
+  A torn last line (what a kill in the middle of a write leaves: no newline, not JSON) is dropped with a
+  warning naming the file; any other line that is not a JSON record raises one ValueError naming the file.
+  """
   path = os.path.join(workdir, METRICS_FILE)
   if not os.path.exists(path):
     return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  try:
+    with open(path) as f:
+      lines = f.read().split("\n")
+  except (OSError, UnicodeDecodeError) as e:
+    raise ValueError(f"{path} cannot be read ({type(e).__name__}: {e}); allowed: a metrics.jsonl written by "
+                     "train.py") from None
+  records = []
+  for number, line in enumerate(lines, 1):
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+      if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+        raise ValueError("not a record with an int 'step'")
+    except ValueError as e:
+      if number == len(lines):  # the last line, without its newline: a torn write
+        logging.warning("%s: dropped its torn last line %d (%r): a write cut short by a kill", path, number,
+                        line[:80])
+        break
+      raise ValueError(f"{path} line {number} is not a metrics record ({e}); allowed: one JSON record a line, "
+                       "as train.py writes") from None
+    records.append(record)
+  return records
 
 
 def validation_at(workdir: str, step: int) -> dict:
@@ -58,8 +84,10 @@ class Writer:
     if not self._enabled:
       return
     values = {k: float(v) for k, v in values.items()}
+    record = {"step": step, **values}
+    check_finite_json(record, f"{METRICS_FILE} at step {step}")
     with open(self._path, "a") as f:
-      f.write(json.dumps({"step": step, **values}) + "\n")
+      f.write(json.dumps(record, allow_nan=False) + "\n")
     for name, value in values.items():
       self._tb.add_scalar(name, value, step)
 

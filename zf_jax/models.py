@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import weakref
 from typing import Any, Mapping, Union
 
 import jax
@@ -288,6 +289,10 @@ def init_params(arch: Arch, key: jax.Array, num_classes: int = 1000, weight_std:
   Returns:
     {layer: {"kernel": HWIO or [in, out], "bias": [out]}} for every conv and fc layer.
   """
+  check_init(weight_std, bias)
+  if not isinstance(key, jax.Array) or not (jnp.issubdtype(key.dtype, jax.dtypes.prng_key) or
+                                            (key.dtype == jnp.uint32 and key.shape == (2,))):
+    raise ValueError(f"key={key!r} is not a random key; allowed: a jax.random key, e.g. jax.random.key(0)")
   params: Params = {}
   all_shapes = param_shapes(arch, num_classes)
   keys = dict(zip(arch.layer_names, jax.random.split(key, len(arch.layers))))
@@ -296,6 +301,51 @@ def init_params(arch: Arch, key: jax.Array, num_classes: int = 1000, weight_std:
         "kernel": _per_layer(weight_std, name, 0.01) * jax.random.normal(keys[name], shapes["kernel"], jnp.float32),
         "bias": jnp.full(shapes["bias"], _per_layer(bias, name, 0.0), jnp.float32)}
   return params
+
+
+def check_init(weight_std: float | Mapping[str, float], bias: float | Mapping[str, float]) -> None:
+  """Raises one ValueError unless every initialisation value (one, or a {layer: value} mapping) is a finite
+  number, the stds >= 0."""
+  for name, value in (("weight_std", weight_std), ("bias", bias)):
+    for layer, v in (value.items() if isinstance(value, Mapping) else [(None, value)]):
+      where = f"{name}[{layer!r}]" if layer is not None else name
+      if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not np.isfinite(v) \
+          or (name == "weight_std" and v < 0):
+        raise ValueError(f"{where}={v!r} is not allowed; allowed: a finite number{' >= 0' * (name == 'weight_std')}")
+
+
+_FINITE_CHECKED: dict[int, Any] = {}  # id(leaf) -> weakref of params leaves found finite (forward checks once)
+
+
+def check_finite_params(params: Params, what: str = "params") -> None:
+  """Raises one ValueError naming the first layer whose kernel or bias holds NaN or Inf.
+
+  Concrete values only (under jax.jit there is nothing to check); arrays already found finite are not
+  read again, so calling `forward` repeatedly with the same params costs one check.
+  """
+
+  for name, parts in params.items():
+    for part, value in parts.items():
+      if isinstance(value, jax.core.Tracer):
+        return
+      ref = _FINITE_CHECKED.get(id(value))
+      if ref is not None and ref() is value:
+        continue
+      if isinstance(value, np.ndarray):
+        finite = bool(np.isfinite(value).all())
+      else:
+        with jax.ensure_compile_time_eval():
+          finite = bool(jnp.isfinite(value).all())
+      if not finite:
+        count = int(np.size(value) - np.isfinite(np.asarray(value)).sum())
+        raise ValueError(f"{what}[{name!r}][{part!r}] holds {count} NaN or Inf values; allowed: finite weights "
+                         "(the file or the training run that produced them is broken)")
+      try:
+        if len(_FINITE_CHECKED) > 4096:
+          _FINITE_CHECKED.clear()
+        _FINITE_CHECKED[id(value)] = weakref.ref(value)
+      except TypeError:  # not weak-referenceable: checked again next time
+        pass
 
 
 def param_shapes(arch: Arch, num_classes: int) -> dict[str, dict[str, tuple[int, ...]]]:
@@ -382,7 +432,7 @@ def check_images(arch: Arch, images: Any) -> None:
   if shape is None or dtype is None:
     raise ValueError(f"images must be an array of {want}, got {type(images).__name__}")
   if len(shape) != 4 or shape[0] < 1 or tuple(shape[1:]) != (arch.input_size, arch.input_size, 3):
-    raise ValueError(f"images has shape {tuple(shape)}; {arch.name!r} takes {want}")
+    raise ValueError(f"images has shape {tuple(shape)}; {arch.name!r} takes {want} with B >= 1")
   if not jnp.issubdtype(dtype, jnp.floating):
     raise ValueError(f"images has dtype {dtype}; {arch.name!r} takes {want} (mean-subtracted pixels)")
   if isinstance(images, jax.core.Tracer):
@@ -419,6 +469,7 @@ def forward(arch: Arch, params: Params, images: jax.Array, train: bool = False,
   """
   check_images(arch, images)
   check_params(arch, params)
+  check_finite_params(params)
   if train and rng is None and any(isinstance(l, Dense) and l.dropout for l in arch.layers):
     raise ValueError("forward(train=True) applies dropout and needs rng=jax.random.key(...)")
   return _forward(arch, params, images, train, rng)

@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import itertools
 import json
@@ -43,6 +44,9 @@ Params = models.Params
 
 class NonFiniteLossError(RuntimeError):
   """The training loss became NaN or infinite; the run stops, keeping its last good checkpoint."""
+
+
+CheckpointSaveError = checkpoint.SaveError  # a checkpoint could not be written; the earlier ones are kept
 
 
 def clip_filter_rms(params: Params, radius: float = 0.1) -> Params:
@@ -207,13 +211,22 @@ _CONFIG_RULES = (
     ("momentum", lambda v: 0 <= v < 1, "0 <= momentum < 1 (the paper: 0.9)"),
     ("weight_decay", lambda v: np.isfinite(v) and v >= 0, "a finite number >= 0"),
     ("weight_std", lambda v: np.isfinite(v) and v > 0, "a finite number > 0 (the paper: 1e-2)"),
+    ("bias_init", lambda v: np.isfinite(v), "a finite number (the paper: 0)"),
     ("filter_rms_radius", lambda v: np.isfinite(v) and v >= 0, "a finite number >= 0 (0: no clipping)"),
     ("plateau_patience", lambda v: v >= 1, "an int >= 1"),
     ("plateau_factor", lambda v: np.isfinite(v) and v > 1, "a finite number > 1"),
     ("plateau_min_delta", lambda v: np.isfinite(v) and v >= 0, "a finite number >= 0"),
     ("log_every_steps", lambda v: v >= 1, "an int >= 1"),
     ("checkpoint_every_steps", lambda v: v >= 0, "an int >= 0 (0: at epoch ends only)"),
+    ("seed", lambda v: v >= 0, "an int >= 0"),
+    ("train_per_class", lambda v: v >= 0, "an int >= 0 (images per class; 0: all)"),
+    ("train_per_class_fold", lambda v: v >= 0, "an int >= 0"),
+    ("train_per_class_seed", lambda v: v >= 0, "an int >= 0"),
+    ("train_per_class_holdout", lambda v: v >= 0, "an int >= 0"),
+    ("image_size", lambda v: v >= 1, "an int >= 1"),
 )
+_INT_KEYS = {"num_epochs", "plateau_patience", "log_every_steps", "checkpoint_every_steps", "seed", "train_per_class",
+             "train_per_class_fold", "train_per_class_seed", "train_per_class_holdout", "image_size"}
 ABSURD_LEARNING_RATE = 1.0  # 100 x the paper's 1e-2: a warning (the loss is bound to diverge), not an error
 
 
@@ -222,8 +235,15 @@ def check_config(config: ml_collections.ConfigDict, arch: models.Arch) -> None:
   warning for an absurd learning rate. Reads nothing and writes nothing (train_and_evaluate calls it first)."""
   for name, valid, allowed in _CONFIG_RULES:
     value = config.get(name)
-    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not valid(value)):
+    kinds = (int, np.integer) if name in _INT_KEYS else (int, float, np.integer, np.floating)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, kinds) or not valid(value)):
       raise ValueError(f"{name}={value!r} is not allowed; allowed: {allowed}")
+  for name in ("weight_std", "bias_init"):
+    for layer, value in dict(config.get("layer_" + name) or {}).items():
+      if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) or \
+          (name == "weight_std" and value <= 0):
+        raise ValueError(f"layer_{name}.{layer}={value!r} is not allowed; allowed: a finite number"
+                         f"{' > 0' if name == 'weight_std' else ''}")
   if config.min_learning_rate > config.learning_rate:
     raise ValueError(f"min_learning_rate={config.min_learning_rate:g} is above learning_rate={config.learning_rate:g}; "
                      "allowed: min_learning_rate <= learning_rate")
@@ -239,12 +259,17 @@ def check_config(config: ml_collections.ConfigDict, arch: models.Arch) -> None:
                      f"{arch.input_size}-px crops of {want}-px images; set --config.image_size={want}")
   devices = jax.device_count()
   for name in ("batch_size", "eval_batch_size"):
-    if config[name] < 1 or config[name] % devices:
-      raise ValueError(f"{name}={config[name]} is not divisible by the {devices} devices; use a multiple of {devices}")
+    value = config[name]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+      raise ValueError(f"{name}={value!r} is not allowed; allowed: an int >= 1 (a multiple of the {devices} devices)")
+    if value % devices:
+      raise ValueError(f"{name}={value} is not divisible by the {devices} devices; use a multiple of {devices}")
   if config.eval_crops not in (1, 10):
     raise ValueError(f"eval_crops={config.eval_crops}; allowed: 1 (center) or 10 (corners + center, with flips)")
   if config.compute_dtype not in ("float32", "bfloat16"):
     raise ValueError(f"compute_dtype={config.compute_dtype!r}; allowed: 'float32' or 'bfloat16'")
+  for name in ("weight_std", "bias_init"):
+    per_layer_values(config, arch, name)  # layer_* keys that name no layer of the arch
   for name, least in (("grain_workers", 0), ("grain_read_threads", 1), ("grain_prefetch", 1)):
     if isinstance(config[name], bool) or not isinstance(config[name], int) or config[name] < least:
       raise ValueError(f"{name}={config[name]!r} is not allowed; allowed: an int >= {least}")
@@ -262,6 +287,74 @@ def check_workdir_path(workdir: str) -> None:
     raise ValueError(f"workdir={workdir!r} {what}; {allowed}")
   if not os.access(existing, os.W_OK | os.X_OK):
     raise ValueError(f"workdir={workdir!r} is not writable ({existing}: permission denied); {allowed}")
+
+
+def check_checkpoint_folder(workdir: str) -> None:
+  """Raises one ValueError if `workdir/checkpoints` exists but is not a folder this process can write in
+  (tried by creating and removing a file: permission bits say nothing for root or read-only mounts)."""
+  directory = checkpoint.checkpoint_dir(workdir)
+  allowed = "allowed: a writable checkpoints folder (or none: a new run makes it)"
+  if os.path.lexists(directory) and not os.path.isdir(directory):
+    raise ValueError(f"{directory} is not a folder; {allowed}")
+  if not os.path.isdir(directory):
+    return
+  try:
+    checkpoint.probe_writable(directory)
+  except OSError as e:
+    raise ValueError(f"{directory} is not writable ({e.strerror}); the checkpoints could not be saved; {allowed}") \
+        from None
+
+
+LOCK_FILE = "train.lock"
+
+
+def lock_workdir(workdir: str) -> int:
+  """Creates `workdir` if needed and takes an exclusive lock on its (empty) `train.lock` (fcntl.flock), held
+  until the returned file descriptor is closed (or the process ends, however it ends).
+
+  Raises:
+    ValueError: another process holds the lock (names its pid).
+  """
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, LOCK_FILE)
+  fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    holder = _lock_holder(fd)
+    os.close(fd)
+    raise ValueError(f"workdir={workdir!r} is in use by another trainer (pid {holder}, holding {path}); "
+                     "allowed: one train.py per workdir (wait for it to end, or stop it)") from None
+  except OSError as e:  # a file system without flock (some network file systems): train unlocked
+    logging.warning("cannot lock %s (%s); make sure no other trainer uses this workdir", path, e.strerror)
+  return fd
+
+
+def _lock_holder(fd: int) -> str:
+  """The pid holding a flock on the open file `fd`, from /proc/locks (the lock file itself is never written,
+  so re-running a finished run changes nothing); "unknown" where that cannot be read."""
+  inode = os.fstat(fd).st_ino
+  try:
+    with open("/proc/locks") as f:
+      for line in f:
+        fields = line.split()  # "1: FLOCK ADVISORY WRITE <pid> <major>:<minor>:<inode> 0 EOF"
+        if len(fields) > 5 and fields[1] == "FLOCK" and fields[5].rsplit(":", 1)[-1] == str(inode):
+          return fields[4]
+  except OSError:
+    pass
+  return "unknown"
+
+
+def _check_history(workdir: str, previous: Mapping[str, Any] | None) -> None:
+  """A workdir without a checkpoint but with metrics (a run killed before its first checkpoint, or a lost
+  checkpoints folder) would start over and rewrite metrics.jsonl: refused, keeping the history."""
+  if previous is not None:
+    return
+  records = metrics.read(workdir)
+  if records:
+    raise ValueError(f"workdir={workdir!r} has no checkpoint but {metrics.METRICS_FILE} holds {len(records)} records "
+                     f"(to step {records[-1].get('step')}); starting over would overwrite them; allowed: another "
+                     f"--workdir, or move {metrics.METRICS_FILE} and {metrics.TENSORBOARD_DIR}/ away to start over")
 
 
 def _check_workdir(meta: Mapping[str, Any] | None, arch: models.Arch, num_classes: int, workdir: str) -> None:
@@ -333,6 +426,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   arch = build_arch(config)
   check_config(config, arch)
   check_workdir_path(workdir)
+  check_checkpoint_folder(workdir)
   datasets = input_pipeline.load_datasets(config)
   steps_per_epoch = len(datasets.train) // config.batch_size
   if steps_per_epoch < 1:
@@ -341,7 +435,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   num_steps = config.num_epochs * steps_per_epoch
   previous = checkpoint.read_meta(workdir)
   _check_workdir(previous, arch, datasets.num_classes, workdir)
+  _check_history(workdir, previous)
   checked_mean = _check_data(config, datasets, first_run=previous is None)
+  # The run can start: the workdir is made (if new) and locked, and only now is anything written.
+  with contextlib.ExitStack() as stack:
+    if jax.process_index() == 0:
+      stack.callback(os.close, lock_workdir(workdir))
+      if checkpoint.read_meta(workdir) != previous:  # another trainer wrote a checkpoint meanwhile
+        raise ValueError(f"workdir={workdir!r} changed while this run started (another trainer?); run it again")
+    return _train(config, workdir, arch, datasets, steps_per_epoch, num_steps, previous, checked_mean)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str, arch: models.Arch, datasets: input_pipeline.Datasets,
+           steps_per_epoch: int, num_steps: int, previous: Mapping[str, Any] | None,
+           checked_mean: np.ndarray | None) -> dict[str, float]:
+  """train_and_evaluate once everything is checked and the workdir locked."""
 
   mesh = Mesh(np.array(jax.devices()), ("data",))
   replicated, split = NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("data"))

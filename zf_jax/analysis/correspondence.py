@@ -97,6 +97,12 @@ def read_parts(path: str) -> tuple[list[str], dict[str, list[Box | None]]]:
     parts[part][sources.index(image)] = box
   resolved = [s if s.startswith(("skimage:", TINY_PREFIX)) or os.path.isabs(s) else os.path.join(folder, s)
               for s in sources]
+  for source in resolved:
+    if not source.startswith(("skimage:", TINY_PREFIX)) and (
+        not source.lower().endswith(model_inputs.IMAGE_EXTENSIONS) or
+        (os.path.exists(source) and not os.path.isfile(source))):  # a missing file: read_image names it
+      raise ValueError(f"parts={path!r} names {source!r}, not an image file; allowed: image files "
+                       f"({', '.join(model_inputs.IMAGE_EXTENSIONS)}), skimage:NAME or {TINY_PREFIX}NAME")
   return resolved, parts
 
 

@@ -10,6 +10,8 @@ classes (count and names).
 from __future__ import annotations
 
 import functools
+import hashlib
+import os
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -35,6 +37,39 @@ def check_compatible(names: Sequence[str], members: Sequence[checkpoint.Loaded])
                        "their classes (the same dataset)")
 
 
+def check_distinct_paths(workdirs: Sequence[str]) -> None:
+  """Raises ValueError if two of the workdirs are one folder or file (after resolving links and `..`)."""
+  seen: dict[str, str] = {}
+  for w in workdirs:
+    real = os.path.realpath(w)
+    if real in seen:
+      raise ValueError(f"workdirs={','.join(workdirs)} names {real} twice ({seen[real]!r} and {w!r}); an ensemble "
+                       "counts each model once; allowed: distinct models")
+    seen[real] = w
+
+
+def params_digest(params: Mapping[str, Mapping[str, Any]]) -> str:
+  """A SHA-256 of a model's parameters (layer names, shapes, dtypes and bytes, in a fixed order)."""
+  digest = hashlib.sha256()
+  for layer in sorted(params):
+    for part in sorted(params[layer]):
+      value = np.ascontiguousarray(np.asarray(params[layer][part]))
+      digest.update(f"{layer}/{part}:{value.dtype}{value.shape}".encode())
+      digest.update(value.tobytes())
+  return digest.hexdigest()
+
+
+def check_distinct_params(names: Sequence[str], members: Sequence[checkpoint.Loaded]) -> None:
+  """Raises ValueError if two members have the same parameters (a copy of one model under two names)."""
+  seen: dict[str, str] = {}
+  for name, member in zip(names, members):
+    digest = params_digest(member.params)
+    if digest in seen:
+      raise ValueError(f"{seen[digest]!r} and {name!r} hold the same parameters (one model twice); an ensemble "
+                       "counts each model once; allowed: distinct models")
+    seen[digest] = name
+
+
 def compute(workdirs: Sequence[str], epoch: float | None = None, num_crops: int = 10, max_images: int | None = None,
             batch_size: int = 128, data_dir: str | None = None) -> dict[str, Any]:
   """The ensemble of the workdirs' checkpoints on the first one's validation split.
@@ -56,8 +91,10 @@ def compute(workdirs: Sequence[str], epoch: float | None = None, num_crops: int 
   """
   if not workdirs:
     raise ValueError("workdirs is empty; give at least one training workdir")
+  check_distinct_paths(workdirs)
   members = [checkpoint.load_for_analysis(w, epoch=None if w.endswith(".npz") else epoch) for w in workdirs]
   check_compatible(workdirs, members)
+  check_distinct_params(workdirs, members)
   source = evaluation.evenly_spaced(evaluation.split_source(members[0], "val", data_dir), max_images)
   total, labels = None, None
   out = {key: [] for key in ("member_top1", "member_top5", "cumulative_top1", "cumulative_top5")}

@@ -74,6 +74,9 @@ def compute(study: transfer.Study, l2: float = transfer.L2, steps: int = transfe
     accuracy per layer, N and fold), "dims": int [L] feature sizes, "target", "num_classes", "num_test", "l2",
     "svm_c", "seed"}.
   """
+  l2 = transfer.check_l2(l2)
+  if isinstance(svm_c, bool) or not isinstance(svm_c, (int, float)) or not np.isfinite(svm_c) or svm_c <= 0:
+    raise ValueError(f"svm_c={svm_c!r} is not allowed; allowed: a finite number > 0 (default {SVM_C:g})")
   layers = list(study.train_features)
   return {"layers": layers, "shots": np.array(study.shots),
           "svm": np.stack([svm_accuracy(study, layer, svm_c) for layer in layers]),

@@ -140,6 +140,15 @@ def check_shots(shots: Sequence[int], folds: int, num_test: int) -> tuple[int, .
   return tuple(sorted(shots))
 
 
+def check_l2(l2: float) -> float:
+  """l2 as a float; one ValueError unless it is a finite number >= 0 (a negative penalty has no minimum)."""
+  if isinstance(l2, bool) or not isinstance(l2, (int, float, np.integer, np.floating)) or not np.isfinite(l2) \
+      or l2 < 0:
+    raise ValueError(f"l2={l2!r} is not allowed (a negative penalty makes the objective unbounded); allowed: a "
+                     f"finite number >= 0 (default {L2:g})")
+  return float(l2)
+
+
 def prepare(arch: models.Arch, params: models.Params, mean_image: Any, image_size: int, target: Target,
             shots: Sequence[int] = SHOTS, folds: int = FOLDS, seed: int = 0, num_test: int = TEST_PER_CLASS,
             layers: Sequence[str] = ("fc7",), batch_size: int = 64) -> Study:
@@ -164,6 +173,9 @@ def prepare(arch: models.Arch, params: models.Params, mean_image: Any, image_siz
   layers = features.check_layers(arch, layers)
   names = target.train.class_names
   num_classes = target.train.num_classes
+  if num_classes < 2:
+    raise ValueError(f"target={target.name!r} has {num_classes} class{'es' * (num_classes != 1)}; every image "
+                     "would be classified right; allowed: a target with at least 2 classes")
   train_labels = few_shot.labels_of(target.train.source)
   holdout = num_test if target.one_split else 0
   draws = {(n, f): few_shot.split_per_class(train_labels, n, f, seed, holdout, num_classes, names)[0]
@@ -300,6 +312,7 @@ def compute(study: Study, scratch: Sequence[dict[str, Any]] = (), layer: str = "
     "scratch_accuracy": float [S] (one per scratch workdir, in the order given), "layer", "target",
     "num_classes", "num_test", "l2", "seed", "scratch_workdirs", "train_flags"}.
   """
+  l2 = check_l2(l2)
   if layer not in study.train_features:
     raise ValueError(f"layer={layer!r} has no features in the study; allowed: {', '.join(study.train_features)}")
   return {"shots": np.array(study.shots), "accuracy": softmax_accuracy(study, layer, l2, steps),

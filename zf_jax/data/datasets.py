@@ -159,7 +159,12 @@ def get_dataset(name: str, split: str, data_dir: str | None = None, manual_dir: 
     raise ValueError(f"split={split!r} is not a split of {name!r}; allowed: {', '.join(splits)}")
   labels = builder.info.features["label"]
   class_names = list((builder.info.metadata or {}).get("class_names", labels.names))
-  return Dataset(builder.as_data_source(split=split), labels.num_classes, class_names, name, split)
+  try:
+    source = builder.as_data_source(split=split)
+  except ValueError as e:  # e.g. "Paths sequence can not be of 0 length" for a slice with no examples
+    raise ValueError(f"split={split!r} of {name!r} cannot be read ({' '.join(str(e).split())[:200]}); allowed: a split "
+                     f"or slice with at least one image (splits: {', '.join(splits)})") from None
+  return Dataset(source, labels.num_classes, class_names, name, split)
 
 
 def _check_reachable(builder: tfds.core.DatasetBuilder, name: str) -> None:
