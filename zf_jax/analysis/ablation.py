@@ -222,6 +222,9 @@ def plot(result: Mapping[str, Any], path: str) -> None:
 
 def run(workdirs: Sequence[str], options: Mapping[str, Any], out: str) -> common.Section:
   """`visualize.py ablation`: Table 3 from `workdirs` (the first is the base), written into `out`."""
+  if options["train_images"] is not None and options["train_images"] < 1:
+    raise ValueError(f"--train_images={options['train_images']} is not allowed; allowed: an int >= 1 (or unset: all "
+                     "training images)")
   result = compute(workdirs, options["epoch"], options["train_images"], options["batch_size"], options["data_dir"])
   return common.write_section(
       summary(result), {"ablation.png": functools.partial(plot, result)}, out, "ablation", "Table 3: ablations",

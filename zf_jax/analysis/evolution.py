@@ -226,7 +226,7 @@ def run(source: Source, options: Mapping[str, Any], out: str) -> common.Section:
   """`visualize.py evolution`: Fig. 4 over the checkpoints of the source's workdir, written into `out`."""
   if not source.workdir:
     raise ValueError("evolution reads the checkpoints of a training workdir; pass --workdir")
-  examples, _ = source.examples(source.num_images)
+  examples, _ = source.examples(source.num_images, "num_images")
   num_maps = options["num_maps"]
   result = compute(checkpoints(source.workdir, options["steps"]), examples, options["layers"], options["maps"],
                    max(1, num_maps // 4) if num_maps else None, options["batch_size"], options["rule"],

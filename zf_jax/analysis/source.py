@@ -131,13 +131,13 @@ class Source:
     labels = data.few_shot.labels_of(self.dataset.source)
     return labels[:self.num_images] if self.num_images else labels
 
-  def examples(self, n: int) -> tuple[np.ndarray, np.ndarray | None]:
+  def examples(self, n: int, flag: str = "num_examples") -> tuple[np.ndarray, np.ndarray | None]:
     """uint8 [n, R, R, 3] images at the stored image size R and their labels (None for photos); n = 0:
-    the whole split (all photos)."""
+    the whole split (all photos). `flag` names n in errors."""
     if self.photos is not None:
       return np.stack([data.preprocess.resize_and_center_crop(p, self.image_size) for p in self.photos]), None
     if n < 0:
-      raise ValueError(f"num_examples={n} must be >= 0 (0 = the whole split)")
+      raise ValueError(f"--{flag}={n} is not allowed; allowed: an int >= 0 (0 = the whole split)")
     count = len(self.dataset.source) if n == 0 else min(n, len(self.dataset.source))
     return data.load_batch(self.dataset.source, range(count), self.image_size)
 

@@ -38,7 +38,6 @@ from zf_jax.data import datasets, model_inputs, preprocess
 
 SAMPLES = model_inputs.SKIMAGE_PHOTOS
 MAX_UPLOAD_BYTES = 8 << 20
-MAX_UPLOAD_PIXELS = 40_000_000  # 40 megapixels: checked from the header, before any pixel is decoded
 UPLOAD_FORMATS = ("PNG", "JPEG")
 MAX_UPLOADS = 64  # uploads kept (oldest dropped first)
 NUM_STRONGEST = 5  # maps marked in the layer grid
@@ -112,12 +111,14 @@ def decode_upload(content: bytes) -> np.ndarray:
     with opened as image:
       if image.format not in UPLOAD_FORMATS:
         raise Rejected(415, f"the upload is {image.format or 'not an image'}; allowed: {', '.join(UPLOAD_FORMATS)}")
-      if image.width * image.height > MAX_UPLOAD_PIXELS:
-        raise Rejected(413, f"the upload has {image.width}x{image.height} pixels; allowed: at most "
-                            f"{MAX_UPLOAD_PIXELS} pixels")
+      try:  # the pixel cap of every image zf_jax reads (--images too), from the header before decoding
+        model_inputs.check_image_pixels(image.width, image.height, "upload")
+      except ValueError as e:
+        raise Rejected(413, str(e)) from None
       return preprocess.pil_to_rgb(image)
   except Image.DecompressionBombError as e:  # PIL's own cap (twice MAX_IMAGE_PIXELS), hit while opening
-    raise Rejected(413, f"the upload has too many pixels ({e}); allowed: at most {MAX_UPLOAD_PIXELS}") from None
+    raise Rejected(413, f"the upload has too many pixels ({e}); allowed: at most {model_inputs.MAX_IMAGE_PIXELS}") \
+        from None
   except (OSError, ValueError) as e:
     if isinstance(e, Rejected):
       raise
