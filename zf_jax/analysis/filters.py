@@ -199,11 +199,17 @@ def compare(params: Sequence[Params], labels: Sequence[str], path: str | None = 
   return {label: summary(r) for label, r in results.items()}
 
 
+def _logged_top1(source: str, model: checkpoint.Loaded) -> float | None:
+  """The val top-1 a workdir's training logged at or before the model's step (None for a file or a shipped model)."""
+  top1 = metrics.validation_at(source, model.step).get("val_top1") if os.path.isdir(source) else None
+  return None if top1 is None else float(top1)
+
+
 def _label(source: str, model: checkpoint.Loaded) -> str:
   """A model's name in the figure: its folder or file, arch, epoch and the val top-1 its training logged."""
-  top1 = metrics.validation_at(source, model.step).get("val_top1") if os.path.isdir(source) else None
+  top1 = _logged_top1(source, model)
   return (f"{os.path.basename(os.path.normpath(source))} ({model.arch.name}, epoch {model.epoch:g}"
-          f"{'' if top1 is None else f', val top-1 {float(top1):.3f}'})")
+          f"{'' if top1 is None else f', val top-1 {top1:.3f}'})")
 
 
 def run(source: Source, options: Mapping[str, Any], out: str) -> common.Section:
@@ -215,7 +221,7 @@ def run(source: Source, options: Mapping[str, Any], out: str) -> common.Section:
     labels = [f"{i + 1}: {label}" for i, label in enumerate(labels)]
   results = {label: compute(model.params) for label, (_, model) in zip(labels, loaded)}
   numbers = {label: {"model": os.path.basename(os.path.normpath(path)), "arch": model.arch.name,
-                     "epoch": model.epoch, **summary(results[label])}
+                     "epoch": model.epoch, "val_top1": _logged_top1(path, model), **summary(results[label])}
              for label, (path, model) in zip(labels, loaded)}
   return common.write_section(
       numbers, {"filters.png": functools.partial(plot, results)}, out, "filters", "Fig. 6: layer-1 filters",
