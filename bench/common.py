@@ -7,8 +7,9 @@ import platform
 import statistics
 import subprocess
 import time
+from collections.abc import Callable, Hashable, Mapping
 from importlib import metadata
-from typing import Any, Callable, Hashable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp

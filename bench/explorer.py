@@ -71,6 +71,7 @@ def _get(url: str) -> tuple[int, float]:
 def _upload(base: str, seed: int) -> str:
   import io
   import json
+
   from PIL import Image
   pixels = np.random.default_rng(seed).integers(0, 255, (48, 64, 3), dtype=np.uint8)
   buffer = io.BytesIO()

@@ -34,7 +34,8 @@ import functools
 import os
 import tempfile
 import time
-from typing import Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import grain
 import jax

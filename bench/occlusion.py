@@ -36,9 +36,9 @@ import torch
 from captum.attr import Occlusion
 
 from bench import common, torch_models
-from zf_jax.data import model_inputs
 from zf_jax import checkpoint, data, models
 from zf_jax.analysis import incremental, occlusion
+from zf_jax.data import model_inputs
 
 
 @dataclasses.dataclass(frozen=True)

@@ -24,9 +24,16 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
-from bench import common, input_pipeline, occlusion, projection, topk_scan, train_step  # noqa: E402
-from bench import features  # noqa: E402  (sections 5.2-5.3: per-layer features vs forward)
-from bench import explorer  # noqa: E402  (issue 21: the live explorer under a load test)
+from bench import (  # noqa: E402
+  common,
+  explorer,  # noqa: E402  (issue 21: the live explorer under a load test)
+  features,  # noqa: E402  (sections 5.2-5.3: per-layer features vs forward)
+  input_pipeline,
+  occlusion,
+  projection,
+  topk_scan,
+  train_step,
+)
 from zf_jax.files import atomic_path, save_json  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))

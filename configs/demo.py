@@ -16,7 +16,8 @@ conv1 holds oriented colour-edge filters.
 The plateau rule waits 4 epochs (not 2): the first ~4 epochs sit at chance, where a patience of 2
 once cut the rate 10x before learning began (a bf16 run: val top-1 0.25 instead of 0.65). With 4,
 float32's schedule is unchanged and --config.compute_dtype=bfloat16 reaches 0.70 / 0.49 at epochs
-11 / 12 (0.72 / 0.65 for float32: the last epochs swing). Look at it with python visualize.py all --workdir=workdirs/demo.
+11 / 12 (0.72 / 0.65 for float32: the last epochs swing). Look at it with
+python visualize.py all --workdir=workdirs/demo.
 """
 import ml_collections
 

@@ -1,4 +1,5 @@
-"""configs/ablation.py and configs/ablation_runs.sh: every listed run is a valid config, the base is the reference run."""
+"""configs/ablation.py and configs/ablation_runs.sh: every listed run is a valid config, the base is the reference
+run."""
 import os
 import re
 import sys

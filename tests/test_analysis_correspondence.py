@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from zf_jax import models
-from zf_jax.data import model_inputs
 from zf_jax.analysis import correspondence
+from zf_jax.data import model_inputs
 
 S = 8
 # conv1 is the identity on RGB: on positive images, masking a box changes exactly its pixels.

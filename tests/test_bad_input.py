@@ -291,7 +291,8 @@ LIBRARY = {
         lambda p, x, t, f: transfer.prepare(TINY, p, np.zeros(3), 64, _one_class_target(), shots=(1,), folds=1),
         ValueError, ["target='one'", "has 1 class", "allowed: a target with at least 2 classes"]),
     "transfer: l2=-1": (
-        lambda p, x, t, f: transfer.compute(object(), l2=-1.0), ValueError, ["l2=-1.0", "allowed: a finite number >= 0"]),
+        lambda p, x, t, f: transfer.compute(object(), l2=-1.0), ValueError,
+        ["l2=-1.0", "allowed: a finite number >= 0"]),
     "probes: l2=-1": (
         lambda p, x, t, f: probes.compute(object(), l2=-1), ValueError, ["l2=-1", "unbounded"]),
     "correspondence: --parts naming a file that is not an image": (
@@ -481,10 +482,12 @@ TRAIN_CLI = {
                                ["cannot be created", "allowed: a writable folder"]),
     "an extra argument": (["--config=configs/smoke.py", "--workdir={tmp}/run", "extra"],
                           ["unexpected arguments: extra", "allowed: flags only"]),
-    "a layer arch_features lacks": (["--config=configs/smoke.py", "--config.arch_features.conv9=8", "--workdir={tmp}/run"],
+    "a layer arch_features lacks": (["--config=configs/smoke.py", "--config.arch_features.conv9=8",
+                                     "--workdir={tmp}/run"],
                                     ["--config.arch_features.conv9", "'s arch_features has no such key",
                                      "allowed: conv1, conv2"]),
-    "a key of an empty dict": (["--config=configs/smoke.py", "--config.layer_weight_std.conv1=-1", "--workdir={tmp}/run"],
+    "a key of an empty dict": (["--config=configs/smoke.py", "--config.layer_weight_std.conv1=-1",
+                                "--workdir={tmp}/run"],
                                ["--config.layer_weight_std.conv1", "layer_weight_std is empty in the config file"]),
     "seed=-1": (["--config=configs/smoke.py", "--config.seed=-1", "--workdir={tmp}/run"], ["seed=-1", "allowed"]),
 }

@@ -33,7 +33,7 @@ def test_save_restore_and_retention(tmp_path):
   params, opt_state = _state()
   manager = checkpoint.Manager(str(tmp_path), keep_steps=[2])
   for step in range(1, 6):
-    _save(manager, step, jax.tree.map(lambda x: x + step, params), opt_state)
+    _save(manager, step, jax.tree.map(lambda x, step=step: x + step, params), opt_state)
   manager.wait()
   assert checkpoint.list_steps(str(tmp_path)) == [2, 5]
   assert checkpoint.epochs_by_step(str(tmp_path)) == {2: 1.0, 5: 2.5}
@@ -48,7 +48,7 @@ def test_load_for_analysis_workdir_and_npz(tmp_path):
   params, opt_state = _state()
   manager = checkpoint.Manager(str(tmp_path / "run"), keep_steps=[2, 4])
   for step in (2, 4):
-    _save(manager, step, jax.tree.map(lambda x: x * step, params), opt_state)
+    _save(manager, step, jax.tree.map(lambda x, step=step: x * step, params), opt_state)
   manager.close()
   latest = checkpoint.load_for_analysis(str(tmp_path / "run"))
   first = checkpoint.load_for_analysis(str(tmp_path / "run"), epoch=1)

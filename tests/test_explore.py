@@ -14,11 +14,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.cli import write_synthetic_folder
 from zf_jax import checkpoint, data, deconv, models
 from zf_jax.explore import session as session_lib
 from zf_jax.explore.session import Rejected, Session
-
-from tests.cli import write_synthetic_folder
 
 WEIGHT_STD = {"conv1": 0.01, "conv2": 0.05, "conv3": 0.05, "conv4": 0.05, "conv5": 0.05, "fc6": 0.05, "fc7": 0.05}
 
@@ -43,6 +42,7 @@ def session(tmp_path_factory):
 @pytest.fixture(scope="module")
 def client(session):
   from starlette.testclient import TestClient
+
   from zf_jax.explore import web
   with TestClient(web.app(session)) as c:
     yield c
@@ -247,6 +247,7 @@ def test_an_older_request_of_a_view_is_superseded(client):
 
 def test_top9_without_data_is_404():
   from starlette.testclient import TestClient
+
   from zf_jax.explore import web
   with TestClient(web.app(Session(random_model()))) as c:
     r = c.get("/api/top9?layer=conv1&channel=0")
@@ -271,6 +272,7 @@ def test_export_writes_every_view_as_static_files_or_nothing(session, tmp_path):
 
 def test_serve_in_the_background_warns_off_loopback_and_refuses_a_busy_port(session, capsys):
   import urllib.request
+
   from zf_jax.explore import web
   url = web.serve(session, port=0)
   try:

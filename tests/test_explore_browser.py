@@ -14,9 +14,8 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from zf_jax import explore
-
 from tests.test_explore import random_model
+from zf_jax import explore
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 WAIT_S = 180  # the first views compile on a busy 2-core machine

@@ -75,7 +75,8 @@ def test_a_train_state_step_on_the_demo_data_lowers_the_loss():
   photos = np.stack([image for image, _ in drawn]).astype(np.float32)
   labels = jnp.asarray([label for _, label in drawn])
   images = jnp.asarray(preprocess.center_crop(photos - photos.mean(axis=0), arch.input_size))
-  module = flax_module.ConvNet(arch, num_classes=10, weight_std=train_lib.paper_gain_std(arch, models.get_arch("zfnet")))
+  std = train_lib.paper_gain_std(arch, models.get_arch("zfnet"))
+  module = flax_module.ConvNet(arch, num_classes=10, weight_std=std)
   state = train_state.TrainState.create(apply_fn=module.apply, params=module.init(jax.random.key(0), images)["params"],
                                         tx=optax.sgd(1e-2, momentum=0.9))
 

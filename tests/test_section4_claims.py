@@ -182,7 +182,8 @@ def test_tiny_sources_load_and_boxes_move_onto_the_center_crop(tmp_path):
   _fake_tiny(str(tmp_path / "tiny"), names)
   spec = {f"tiny:{n}": {"eye": [10, 2, 20, 12], "nose": [30, 30, 40, 40]} for n in names}
   (tmp_path / "parts.json").write_text(json.dumps(spec))
-  images, moved, sources = correspondence.load(str(tmp_path / "parts.json"), 56, 64, np.zeros(3), str(tmp_path / "tiny"))
+  images, moved, sources = correspondence.load(str(tmp_path / "parts.json"), 56, 64, np.zeros(3),
+                                               str(tmp_path / "tiny"))
   assert images.shape == (2, 56, 56, 3) and sources == [f"tiny:{n}" for n in names]
   assert moved["eye"][0] == [6, 0, 16, 8] and moved["nose"][1] == [26, 26, 36, 36]  # -4, clipped at 0
   with pytest.raises(ValueError, match="no val.tar"):

@@ -152,8 +152,9 @@ def test_loader_state_resumes_exactly(workers):
 
 def test_large_jpegs_decode_at_reduced_scale():
   """Draft mode: a 1000x750 JPEG for 64-px images decodes at 1/8 scale (125x94 >= 64), close to the full decode."""
-  from PIL import Image
   import io
+
+  from PIL import Image
   rng = np.random.default_rng(0)
   smooth = np.kron(rng.integers(0, 256, (15, 20, 3)), np.ones((50, 50, 1))).astype(np.uint8)
   buffer = io.BytesIO()

@@ -251,6 +251,7 @@ def test_tiny_imagenet_copies_are_keyed_by_what_they_were_prepared_from(tmp_path
 
 def test_the_builder_refuses_a_copy_that_is_not_its_config(tmp_path):
   import tensorflow_datasets as tfds
+
   from zf_jax.data import tiny_imagenet
   a, b = _copy(tmp_path / "a", ["n01", "n02"]), _copy(tmp_path / "b", ["n07", "n08"])
   builder = tiny_imagenet.TinyImagenet(config=tiny_imagenet.builder_config(a), data_dir=str(tmp_path / "tfds"))

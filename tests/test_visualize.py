@@ -149,7 +149,7 @@ def test_without_its_dataset_a_model_shows_the_sample_photos(monkeypatch):
   assert src.model_name == pretrained.DEFAULT and len(src.photos) == len(source.SAMPLE_PHOTOS)
   assert src.scan_inputs().shape == (len(source.SAMPLE_PHOTOS), 56, 56, 3) and src.scan_labels() is None
   with pytest.raises(source.NeedsDataset, match="pass --dataset"):
-    src.dataset
+    _ = src.dataset
 
 
 @pytest.mark.parametrize("args, message", [

@@ -14,7 +14,8 @@ import math
 import os
 import secrets
 import shutil
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 

@@ -12,7 +12,7 @@ ready for `deconv.project` (section 2.1).
 """
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import flax.linen as nn
 import jax

@@ -20,7 +20,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import weakref
-from typing import Any, Mapping, Union
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -69,7 +70,7 @@ class Dense:
   dropout: float = 0.0
 
 
-Layer = Union[Conv, Pool, Norm, Dense]
+Layer = Conv | Pool | Norm | Dense
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import html
 import json
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 from zf_jax import files
 from zf_jax.analysis.common import Section

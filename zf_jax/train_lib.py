@@ -26,7 +26,8 @@ import itertools
 import json
 import os
 import time
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -83,7 +84,8 @@ def anneal_on_plateau(state: Mapping[str, float], val_error: float, learning_rat
     (new state, new learning rate): the rate divided by plateau_factor (not below
     min_learning_rate) after plateau_patience epochs in a row without val_error < best - min_delta.
     A plateau reached with the rate already at min_learning_rate sets state["converged"] = True
-    (it stays set until an improvement): the rule has nothing left to try (train_and_evaluate stops there if config.stop_when_converged).
+    (it stays set until an improvement): the rule has nothing left to try (train_and_evaluate stops there if
+    config.stop_when_converged).
   """
   best, bad = state.get("best_error", float("inf")), int(state.get("bad_epochs", 0))
   if val_error < best - config.plateau_min_delta:

@@ -5,8 +5,19 @@ that `visualize.py` and the explorer call: `run(source, options, out)` for one m
 (`source.Source`), or `run(workdirs, options, out)` for the analyses over several trained runs.
 `options` maps the visualize.py flag names to their values.
 """
-from zf_jax.analysis import (ablation, correspondence, ensemble, evolution, filters, invariance, localization,
-                             occlusion, probes, topk, transfer)
+from zf_jax.analysis import (
+                             ablation,
+                             correspondence,
+                             ensemble,
+                             evolution,
+                             filters,
+                             invariance,
+                             localization,
+                             occlusion,
+                             probes,
+                             topk,
+                             transfer,
+)
 
 # One model in, one section out; in the order `visualize.py all` runs them.
 COMMANDS = {"topk": topk.run, "evolution": evolution.run, "invariance": invariance.run, "filters": filters.run,

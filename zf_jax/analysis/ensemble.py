@@ -12,7 +12,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -114,7 +115,8 @@ def compute(workdirs: Sequence[str], epoch: float | None = None, num_crops: int 
 def summary(result: Mapping[str, Any]) -> dict[str, Any]:
   """Members, the ensembles of the first k members and the whole one (accuracies and errors in %),
   beside the paper's Table 2 rows."""
-  members = [{"workdir": files.portable_path(w), "arch": a, "epoch": float(e), "val_top1": float(t1), "val_top5": float(t5),
+  members = [{"workdir": files.portable_path(w), "arch": a, "epoch": float(e), "val_top1": float(t1),
+              "val_top5": float(t5),
               "val_top1_error": 100 * (1 - float(t1)), "val_top5_error": 100 * (1 - float(t5))}
              for w, a, e, t1, t5 in zip(result["workdirs"], result["arch"], result["epoch"], result["member_top1"],
                                         result["member_top5"])]

@@ -13,7 +13,8 @@ architecture and are reused for every checkpoint.
 from __future__ import annotations
 
 import functools
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 

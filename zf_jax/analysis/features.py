@@ -12,7 +12,8 @@ that trains many classifiers on many folds computes them once and reuses the arr
 from __future__ import annotations
 
 import functools
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp

@@ -9,7 +9,8 @@ every analysis. The occlusion maps themselves come from `occlusion.occlusion_map
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 

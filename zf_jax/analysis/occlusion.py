@@ -28,7 +28,8 @@ the share whose p(correct) minimum (the occluder's center there) lies inside the
 from __future__ import annotations
 
 import functools
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -244,11 +245,14 @@ def occlusion_maps(arch: Arch, params: Params, images: Any, labels: Any = None, 
     parts, references = [], []
     for b in range(batch):
       cache, logits = incremental.unoccluded(arch, params, images[b])
-      # corners int [K, 2] -> activity, p(correct), top class [K]
-      run = lambda c: incremental.positions(arch, params, cache, jnp.asarray(labels[b]), jnp.asarray(channels[b]), c,
-                                            size, layer, tau)
+      label, channel = jnp.asarray(labels[b]), jnp.asarray(channels[b])
+
+      def run(c, cache=cache, label=label, channel=channel):  # corners int [K, 2] -> activity, p(correct), top [K]
+        return incremental.positions(arch, params, cache, label, channel, c, size, layer, tau)
+
       if mode == "coarse_to_fine":
-        *maps, computed[b] = drill_down(lambda index: _in_chunks(run, offsets[index].astype(np.int32), batch_size),
+        *maps, computed[b] = drill_down(lambda index, run=run: _in_chunks(run, offsets[index].astype(np.int32),
+                                                                            batch_size),
                                         p, coarse, tolerance)
         parts.append([m.reshape(-1).astype(np.int32 if j == 2 else np.float32) for j, m in enumerate(maps)])
       else:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import functools
 import warnings
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -95,7 +96,8 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
       rows.append({"layer": layer, "images_per_class": int(n), "dims": int(result["dims"][i]),
                    "svm_mean": float(svm.mean()), "svm_std": float(svm.std()),
                    "softmax_mean": float(soft.mean()), "softmax_std": float(soft.std())})
-  return {"target": files.portable_path(result["target"]), "num_classes": result["num_classes"], "test_images": result["num_test"],
+  return {"target": files.portable_path(result["target"]), "num_classes": result["num_classes"],
+          "test_images": result["num_test"],
           "folds": int(np.asarray(result["svm"]).shape[-1]), "seed": result["seed"], "l2": result["l2"],
           "svm": f"sklearn.svm.LinearSVC(C={result['svm_c']}), one-vs-rest", "softmax": "optax L-BFGS, L2-regularized",
           "metric": "mean per-class accuracy (%), mean +- std over folds", "rows": rows, "paper": PAPER}

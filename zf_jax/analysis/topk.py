@@ -25,7 +25,8 @@ field (`deconv.receptive_field`), padded to the layer's largest field for the gr
 from __future__ import annotations
 
 import functools
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import grain
 import jax

@@ -8,8 +8,15 @@ source; `load_batch` and `compute_mean_image` read it at the size `image_size_fo
 `model_inputs` turns any image into a model input as evaluation does.
 """
 from zf_jax.data import checks, few_shot, model_inputs, preprocess, synthetic, tiny_imagenet
-from zf_jax.data.datasets import (Dataset, ImageFolderSource, compute_mean_image, encoded, get_dataset,
-                                  image_size_for, load_batch)
+from zf_jax.data.datasets import (
+                                  Dataset,
+                                  ImageFolderSource,
+                                  compute_mean_image,
+                                  encoded,
+                                  get_dataset,
+                                  image_size_for,
+                                  load_batch,
+)
 from zf_jax.data.tiny_imagenet import boxes
 
 __all__ = ["Dataset", "ImageFolderSource", "boxes", "checks", "compute_mean_image", "encoded", "few_shot",

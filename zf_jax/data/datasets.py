@@ -13,15 +13,15 @@ import dataclasses
 import os
 import socket
 import urllib.parse
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
 from zf_jax import models
-from zf_jax.data import preprocess
-from zf_jax.data import synthetic, tiny_imagenet  # noqa: F401  (registers the builders with TFDS)
+from zf_jax.data import preprocess, synthetic, tiny_imagenet  # noqa: F401  (registers the builders with TFDS)
 
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
 _ALLOWED = ("'synthetic', 'tiny_imagenet', a TFDS catalog image-classification dataset (e.g. imagenet2012, "

@@ -27,7 +27,7 @@ import socket
 import tarfile
 import urllib.parse
 import zipfile
-from typing import Iterator
+from collections.abc import Iterator
 
 import tensorflow_datasets as tfds
 from etils import epath

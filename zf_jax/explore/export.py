@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import html
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 from zf_jax import files
 from zf_jax.explore.session import SAMPLES, Session, View

@@ -177,7 +177,7 @@ class Session:
       return datasets.load_batch(self.data.source, [index], self.image_size)[0][0]
     if kind == "upload" and image_id in self._uploads:
       return self._uploads[image_id]
-    allowed = [f"sample:{s}" for s in SAMPLES] + (["data:0..%d" % (len(self.data.source) - 1)] if self.data else [])
+    allowed = [f"sample:{s}" for s in SAMPLES] + ([f"data:0..{len(self.data.source) - 1}"] if self.data else [])
     raise Rejected(404, f"image={image_id!r} is unknown (or an expired upload); allowed: {', '.join(allowed)} "
                         "or the id an upload returned")
 

@@ -19,7 +19,8 @@ import importlib.resources
 import socket
 import sys
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from starlette.applications import Starlette

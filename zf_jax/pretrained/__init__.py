@@ -21,7 +21,8 @@ import hashlib
 import importlib.resources
 import json
 import zipfile
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import numpy as np
