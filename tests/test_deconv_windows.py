@@ -82,6 +82,8 @@ def test_flops_choose_windows_only_where_they_save_work():
       index = arch.layer_names.index(layer)
       uses_windows = deconv._plan(arch, layer)[1] != index
       assert uses_windows == (windowed < dense), (name, layer)
+      up_to = models.Arch(name, arch.input_size, arch.layers[:index + 1])  # what lies above plays no part
+      assert deconv.flops(up_to, layer) == (windowed, dense), (name, layer)
   # At 64 px AlexNet's conv3-conv5 maps are 3x3: one unit's window below covers them, so whole maps.
   alexnet64 = models.alexnet64()
   assert [deconv.flops(alexnet64, f"conv{i}")[0] < deconv.flops(alexnet64, f"conv{i}")[1] for i in range(1, 6)] == [

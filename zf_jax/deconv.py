@@ -138,7 +138,8 @@ def _conv_flops(arch: Arch, index: int, side: int) -> float:
 
 
 def _dense_flops(arch: Arch, index: int) -> float:
-  """The FLOPs of `_down` from the output of arch.layers[index] to the pixels, for one projection."""
+  """The FLOPs of `_down` from the output of arch.layers[index] to the pixels, for one projection (0 from
+  the pixels, index -1)."""
   shapes = arch.shapes()
   return sum(_conv_flops(arch, i, shapes[arch.layers[i].name][0]) for i in range(index + 1))
 
@@ -157,13 +158,13 @@ def _plan(arch: Arch, layer: str) -> tuple[tuple[_Window, ...], int, float]:
     pixels), and the FLOPs of one projection on that plan.
   """
   windows = _all_windows(arch, layer)
-  best = None
+  best = (windows[:1], windows[0].index, _dense_flops(arch, windows[0].index))
   windowed = 0.0
-  for t, window in enumerate(windows):
-    cost = windowed + (_dense_flops(arch, window.index) if window.index >= 0 else 0.0)
-    if best is None or cost < best[2]:
+  for t, (above, window) in enumerate(zip(windows[:-1], windows[1:]), start=1):
+    windowed += _conv_flops(arch, above.index, above.size)
+    cost = windowed + _dense_flops(arch, window.index)
+    if cost < best[2]:
       best = (windows[:t + 1], window.index, cost)
-    windowed += _conv_flops(arch, window.index, window.size)
   return best
 
 
