@@ -2,9 +2,10 @@
 
 The step is the paper's: forward with dropout, softmax cross-entropy, backward, SGD with momentum 0.9
 (learning rate 1e-2), then feature scale clipping (conv filters' RMS clipped to 0.1), on a batch of
-128 of the 64-px variant (200 classes, Tiny ImageNet) and of 32 of ZF-224 (1000 classes). zf_jax runs `train_lib.train_step` jitted as `train_lib.train_and_evaluate` does (parameters and
-optimizer state donated); PyTorch runs the model from `bench.torch_models` with `torch.optim.SGD`,
-eager and under `torch.compile` (the model; the optimizer and clipping stay eager).
+128 of the 64-px variant (200 classes, Tiny ImageNet) and of 32 of ZF-224 (1000 classes). zf_jax
+runs `train_lib.train_step` jitted as `train_lib.train_and_evaluate` does (parameters and optimizer
+state donated); PyTorch runs the model from `bench.torch_models` with `torch.optim.SGD`, eager and
+under `torch.compile` (the model; the optimizer and clipping stay eager).
 """
 from __future__ import annotations
 
