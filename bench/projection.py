@@ -1,18 +1,25 @@
-"""Benchmark 1: deconvnet projections of the top conv5 units, zf_jax vs Captum's NeuronDeconvolution.
+"""Benchmark 1: deconvnet projections of single units, per layer, and the Fig. 2 gallery.
 
-For B images and their N strongest conv5 units each, both sides produce the same B * N pixel-space
-projections:
-  * zf_jax: one forward pass (the trace) and one `deconv.project_many` call ([B, N, 3] units);
+Per layer conv1..conv5 (ZF-224 and VGG16 at 224 px, zfnet64 at 56 px), B images and their N
+strongest units of the layer each, B * N pixel-space projections on the same weights:
+  * zf_jax: one forward pass to the layer (the trace) and one `deconv.project_many` call ([B, N, 3]
+    units), jitted together. Single units run on windows under their receptive fields as far as the
+    counted FLOPs say (`deconv.flops`);
   * Captum: N calls of NeuronDeconvolution on the B images (a per-image neuron selector), each a
-    forward and a hooked backward pass, on the same weights copied into the torch model.
-Both run the architecture without contrast normalization, where the two compute the same thing
+    forward to the layer and a hooked backward pass, on the same weights copied into the torch model;
+  * zf_jax's dense path (`windowed=False`), from the same trace, and the crop's FLOP bound: the dense
+    path's projections/s times its FLOPs over the windows' FLOPs.
+Every model runs without contrast normalization, where Captum and zf_jax compute the same thing
 (Captum does not skip LRN on the way down), and the timed outputs are compared (Captum starts from
-1, zf_jax from the activation: ours are divided by it). zf_jax's projections/s from a trace are also
-compared with its own forward img/s to conv5 on the full architecture: a projection costs about one
-forward pass from pixels to conv5 (transposed convolutions, same FLOPs).
+1, zf_jax from the activation: ours are divided by it).
+
+The gallery: Fig. 2 for every map of conv1..conv5 of zfnet64 (with its normalization) over a data
+set of random images, the top-9 scan (`topk.scan`) and the 9 projections of each map
+(`topk.project_units`: each unit's image forward again, then projected), windowed against dense.
 """
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import jax
@@ -23,8 +30,10 @@ from captum.attr import NeuronDeconvolution
 
 from bench import common, torch_models
 from zf_jax import deconv, models
+from zf_jax.analysis import topk
 
-LAYER = "conv5"
+LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
+CAPTUM_GOAL_LAYERS = ("conv1", "conv2", "conv3")  # >= 10x Captum at 224 px (issue 22)
 
 
 def top_units(activations: jax.Array, n: int) -> np.ndarray:
@@ -35,9 +44,10 @@ def top_units(activations: jax.Array, n: int) -> np.ndarray:
   return np.stack([ch, y, x], axis=-1).astype(np.int32)
 
 
-def captum_projections(model: torch.nn.Module, inputs: torch.Tensor, units: np.ndarray) -> list[torch.Tensor]:
-  """Captum's NeuronDeconvolution of every unit: N calls on the whole batch, [B, 3, H, W] each."""
-  method = NeuronDeconvolution(model, getattr(model, f"{LAYER}_relu"))
+def captum_projections(model: torch.nn.Module, layer: str, inputs: torch.Tensor,
+                       units: np.ndarray) -> list[torch.Tensor]:
+  """Captum's NeuronDeconvolution of every unit of `layer`: N calls on the whole batch, [B, 3, H, W] each."""
+  method = NeuronDeconvolution(model, getattr(model, f"{layer}_relu"))
   rows = torch.arange(units.shape[0])
   out = []
   for n in range(units.shape[1]):
@@ -46,52 +56,96 @@ def captum_projections(model: torch.nn.Module, inputs: torch.Tensor, units: np.n
   return out
 
 
-def bench_model(name: str, batch: int, num_units: int, repeats: int) -> list[dict[str, Any]]:
-  """Times both sides on `name` with `batch` images and their `num_units` top conv5 units each."""
-  arch, params, images = common.model(name, batch)
-  plain = common.without_norm(arch)
+def _max_relative_error(ours: np.ndarray, theirs: np.ndarray) -> float:
+  """The largest difference of two [B, N, S, S, 3] sets of projections, each against its own largest pixel."""
+  return float((np.abs(ours - theirs).max(axis=(2, 3, 4)) / np.abs(theirs).max(axis=(2, 3, 4))).max())
+
+
+def bench_layer(name: str, arch: models.Arch, params: models.Params, images: np.ndarray, layer: str,
+                num_units: int, repeats: int) -> list[dict[str, Any]]:
+  """Times one layer's projections: windowed (with its forward) vs Captum, windowed vs dense, vs the bound."""
+  to_layer = common.up_to(common.without_norm(arch), layer)
+  to_layer_params = {n: p for n, p in params.items() if n in to_layer.layer_names}
   jimages = jnp.asarray(images)
-  _, trace = models.forward(plain, params, jimages)
-  units = top_units(trace.activations[LAYER], num_units)
-  config = f"{batch} images x top {num_units} {LAYER} units, {arch.input_size} px"
+  _, trace = models.forward(to_layer, to_layer_params, jimages)
+  units = top_units(trace.activations[layer], num_units)
+  batch = len(images)
+  config = f"{batch} images x top {num_units} {layer} units, {arch.input_size} px"
 
-  def ours() -> jax.Array:
-    _, t = models.forward(plain, params, jimages)
-    return deconv.project_many(plain, params, t, LAYER, units)
+  @jax.jit
+  def ours(p: models.Params, x: jax.Array, u: jax.Array) -> jax.Array:
+    return deconv.project_many(to_layer, p, models.forward(to_layer, p, x)[1], layer, u)
 
-  projections = np.asarray(ours())
-  to_layer = common.up_to(arch, LAYER)
-  to_layer_params = {name: p for name, p in params.items() if name in to_layer.layer_names}
-  model = torch_models.build(plain, params)
+  windowed = np.asarray(ours(to_layer_params, jimages, units))
+  dense = np.asarray(deconv.project_many(to_layer, to_layer_params, trace, layer, units, windowed=False))
+  model = torch_models.build(to_layer, to_layer_params)
   inputs = torch_models.to_nchw(images).requires_grad_()
-  theirs = np.stack([torch_models.to_nhwc(p) for p in captum_projections(model, inputs, units)], axis=1)
+  theirs = np.stack([torch_models.to_nhwc(p) for p in captum_projections(model, layer, inputs, units)], axis=1)
   times = common.timeit({
-      "ours": ours,
-      "from_trace": lambda: deconv.project_many(plain, params, trace, LAYER, units),
-      "forward": lambda: models.forward(to_layer, to_layer_params, jimages)[0],
-      "captum": lambda: captum_projections(model, inputs, units)}, repeats)
-  ours_s, from_trace_s, forward_s, captum_s = (times[k] for k in ("ours", "from_trace", "forward", "captum"))
+      "ours": lambda: ours(to_layer_params, jimages, units),
+      "windowed": lambda: deconv.project_many(to_layer, to_layer_params, trace, layer, units),
+      "dense": lambda: deconv.project_many(to_layer, to_layer_params, trace, layer, units, windowed=False),
+      "captum": lambda: captum_projections(model, layer, inputs, units)}, repeats)
 
-  act = np.asarray(trace.activations[LAYER])
+  act = np.asarray(trace.activations[layer])
   start = act[np.arange(batch)[:, None], units[..., 1], units[..., 2], units[..., 0]]
-  ours_from_one = projections / start[..., None, None, None]
-  scale = np.abs(theirs).max(axis=(2, 3, 4))
-  error = float((np.abs(ours_from_one - theirs).max(axis=(2, 3, 4)) / scale).max())
-  print(f"[projection] {name}: zf_jax {ours_s:.3f}s (from trace {from_trace_s:.3f}s), captum {captum_s:.3f}s, "
-        f"forward to {LAYER} {forward_s:.3f}s, max rel error {error:.1e}", flush=True)
-
+  vs_captum = _max_relative_error(windowed / start[..., None, None, None], theirs)
+  vs_dense = _max_relative_error(windowed, dense)
+  window_flops, dense_flops = deconv.flops(to_layer, layer)
   count = batch * num_units
+  rate = {key: count / seconds for key, seconds in times.items()}
+  bound = rate["dense"] * dense_flops / window_flops
+  print(f"[projection] {name} {layer}: projections/s with forward {rate['ours']:.0f}, captum {rate['captum']:.1f}; "
+        f"from the trace windowed {rate['windowed']:.0f}, dense {rate['dense']:.0f}, FLOP bound {bound:.0f}; "
+        f"max rel error vs captum {vs_captum:.1e}, vs dense {vs_dense:.1e}", flush=True)
+  captum_goal = 10.0 if arch.input_size == 224 and layer in CAPTUM_GOAL_LAYERS else None
+  flop_note = (f"FLOPs per projection {window_flops / 1e6:.3g} M windowed, {dense_flops / 1e6:.3g} M dense "
+               f"(`deconv.flops`): {dense_flops / window_flops:.3g}x")
   return [
-      common.row("projection", name, "projections/s (forward + project_many)", count / ours_s, count / captum_s,
-                 "Captum NeuronDeconvolution, loop over units", 10.0, config,
-                 f"max relative error vs Captum {error:.1e} (no-norm path)"),
-      common.row("projection", name, "projections/s from the trace vs forward img/s to conv5",
-                 count / from_trace_s, batch / forward_s, f"zf_jax forward img/s to {LAYER}", 0.7, config),
+      common.row("projection", name, f"{layer}: projections/s (forward + project_many)", rate["ours"],
+                 rate["captum"], "Captum NeuronDeconvolution, loop over units", captum_goal, config,
+                 f"max relative error vs Captum {vs_captum:.1e} (no-norm path)"),
+      common.row("projection", name, f"{layer}: projections/s from the trace", rate["windowed"], rate["dense"],
+                 "zf_jax dense path (windowed=False)", 1.0, config, f"max relative error {vs_dense:.1e}; {flop_note}"),
+      common.row("projection", name, f"{layer}: projections/s from the trace vs the crop's FLOP bound",
+                 rate["windowed"], bound, "dense projections/s x dense / windowed FLOPs", 0.7, config),
   ]
 
 
+def bench_model(name: str, batch: int, num_units: int, repeats: int) -> list[dict[str, Any]]:
+  """`bench_layer` for conv1..conv5 of `name`, on the same weights and images."""
+  arch, params, images = common.model(name, batch, num_classes=10)
+  return [row for layer in LAYERS for row in bench_layer(name, arch, params, images, layer, num_units, repeats)]
+
+
+def gallery(num_images: int, layers: tuple[str, ...], repeats: int) -> list[dict[str, Any]]:
+  """Fig. 2 for every map of `layers` of zfnet64: top-9 scan + 9 projections per map, windowed vs dense."""
+  arch, params, images = common.model("zfnet64", num_images, num_classes=10)
+  count = topk.K * sum(arch.shapes()[layer][-1] for layer in layers)
+
+  def run(windowed: bool) -> None:
+    top = topk.scan(arch, params, images, layers=layers)
+    for layer in layers:
+      units = np.stack([np.broadcast_to(np.arange(top[layer]["image"].shape[0])[:, None], top[layer]["y"].shape),
+                        top[layer]["y"], top[layer]["x"]], axis=-1).reshape(-1, 3)
+      topk.project_units(arch, params, images, layer, top[layer]["image"].reshape(-1), units, windowed=windowed)
+
+  times = common.timeit({"windowed": lambda: run(True), "dense": lambda: run(False)}, repeats)
+  print(f"[projection] gallery: {count} projections, windowed {times['windowed']:.1f} s, dense {times['dense']:.1f} s",
+        flush=True)
+  return [common.row("projection", "zfnet64", "Fig. 2 gallery: seconds (scan + projections)", times["windowed"],
+                     times["dense"], "the same with the dense path", 1.0,
+                     f"{num_images} images, top {topk.K} of every map of {', '.join(layers)}: {count} projections, "
+                     f"56 px", lower_is_better=True)]
+
+
 def run(quick: bool = False) -> list[dict[str, Any]]:
-  """ZF-224 (few images and units: CPU time) and the 64-px variant."""
+  """Per layer at 64 and 224 px (few images and units at 224 px: CPU time), then the gallery."""
+  start = time.perf_counter()
   if quick:
-    return bench_model("zfnet64", 2, 2, 2) + bench_model("zfnet", 1, 2, 2)
-  return bench_model("zfnet64", 16, 16, 3) + bench_model("zfnet", 4, 8, 3)
+    rows = bench_model("zfnet64", 1, 2, 1) + bench_model("zfnet", 1, 1, 1) + gallery(16, ("conv1",), 1)
+  else:
+    rows = bench_model("zfnet64", 8, 8, 3) + bench_model("zfnet", 2, 4, 3) + bench_model("vgg16", 1, 2, 3) \
+        + gallery(1000, LAYERS, 1)
+  print(f"[projection] {time.perf_counter() - start:.0f} s in all", flush=True)
+  return rows

@@ -2,9 +2,10 @@
 
 The step is the paper's: forward with dropout, softmax cross-entropy, backward, SGD with momentum 0.9
 (learning rate 1e-2), then feature scale clipping (conv filters' RMS clipped to 0.1), on a batch of
-128. zf_jax runs `train_lib.train_step` jitted as `train_lib.train_and_evaluate` does (parameters and
-optimizer state donated); PyTorch runs the model from `bench.torch_models` with `torch.optim.SGD`,
-eager and under `torch.compile` (the model; the optimizer and clipping stay eager).
+128 of the 64-px variant (200 classes, Tiny ImageNet) and of 32 of ZF-224 (1000 classes). zf_jax
+runs `train_lib.train_step` jitted as `train_lib.train_and_evaluate` does (parameters and optimizer
+state donated); PyTorch runs the model from `bench.torch_models` with `torch.optim.SGD`, eager and
+under `torch.compile` (the model; the optimizer and clipping stay eager).
 """
 from __future__ import annotations
 
@@ -23,9 +24,8 @@ import torch.nn.functional as F
 from bench import common, torch_models
 from zf_jax import train_lib
 
-BATCH = 128
 RADIUS = 0.1
-NUM_CLASSES = 200  # Tiny ImageNet, the 64-px variant's data set
+NUM_CLASSES = {"zfnet64": 200, "zfnet": 1000}  # Tiny ImageNet for the 64-px variant, ImageNet for ZF-224
 
 
 def torch_step(model: torch.nn.Module, forward: Callable[[torch.Tensor], torch.Tensor],
@@ -49,8 +49,9 @@ def torch_step(model: torch.nn.Module, forward: Callable[[torch.Tensor], torch.T
 
 def bench_model(name: str, batch: int, repeats: int, compile_torch: bool) -> list[dict[str, Any]]:
   """img/s of one step on `name` at `batch`: zf_jax vs PyTorch eager (and compiled)."""
-  arch, params, images = common.model(name, batch, num_classes=NUM_CLASSES)
-  labels = np.random.default_rng(0).integers(0, NUM_CLASSES, batch).astype(np.int32)
+  num_classes = NUM_CLASSES[name]
+  arch, params, images = common.model(name, batch, num_classes=num_classes)
+  labels = np.random.default_rng(0).integers(0, num_classes, batch).astype(np.int32)
   config = ml_collections.ConfigDict({"learning_rate": 1e-2, "momentum": 0.9, "weight_decay": 0.0})
   tx = train_lib.make_optimizer(config)
   step = jax.jit(functools.partial(train_lib.train_step, arch, tx, RADIUS), donate_argnums=(0, 1))
@@ -76,7 +77,7 @@ def bench_model(name: str, batch: int, repeats: int, compile_torch: bool) -> lis
     note = f"first compiled step {time.perf_counter() - start:.0f} s (inductor's cache may hold earlier runs)"
     fns["compiled"] = lambda: compiled(timgs, tlabels)
   times = common.timeit(fns, repeats, warmup=2)
-  cfg = f"batch {batch}, {arch.input_size} px, {NUM_CLASSES} classes, SGD momentum 0.9 + filter RMS clipping"
+  cfg = f"batch {batch}, {arch.input_size} px, {num_classes} classes, SGD momentum 0.9 + filter RMS clipping"
   ours_rate = batch / times["zf_jax"]
   rows = [common.row("train_step", name, "img/s", ours_rate, batch / times["eager"], "PyTorch eager", 1.0, cfg)]
   if compile_torch:
@@ -88,7 +89,7 @@ def bench_model(name: str, batch: int, repeats: int, compile_torch: bool) -> lis
 
 
 def run(quick: bool = False) -> list[dict[str, Any]]:
-  """The 64-px variant at batch 128 (CPU)."""
+  """The 64-px variant at batch 128 and ZF-224 at batch 32 (CPU)."""
   if quick:
-    return bench_model("zfnet64", 8, 1, compile_torch=False)
-  return bench_model("zfnet64", BATCH, 5, compile_torch=True)
+    return bench_model("zfnet64", 8, 1, compile_torch=False) + bench_model("zfnet", 2, 1, compile_torch=False)
+  return bench_model("zfnet64", 128, 5, compile_torch=True) + bench_model("zfnet", 32, 3, compile_torch=True)

@@ -6,7 +6,8 @@ activations of that layer to zero, then goes down layer by layer:
   (flipped) weights, fc -> transposed weights, norm -> skipped (contrast normalization is not
   inverted on the way down).
 It reuses the forward pass's trace: no second forward pass. A single conv unit is projected on
-windows that follow its receptive field down (`_windows`), a whole map or an fc unit on whole maps.
+windows that follow its receptive field down, as far as that saves FLOPs (`_plan`, `flops`), then on
+whole maps; a whole map or an fc unit on whole maps.
 Projections are scaled by the activation they start from, as in the paper (Captum's gradient-based
 methods start from 1).
 
@@ -81,12 +82,12 @@ def _down(arch: Arch, params: Params, trace: Trace, index: int, signal: jax.Arra
 
 
 # --- One unit's projection only ever touches its receptive field, so below a conv unit the deconvnet
-# runs on windows that follow the unit instead of on whole maps (at conv5 of ZF-224: 3x3, 5x5, 7x7,
-# 15x15, 33x33, 67x67 of maps of 13, 13, 13, 26, 55, 110: a quarter of the FLOPs). A window is
-# n x n positions of a map starting at row scale * y + shift_y and column scale * x + shift_x, (y, x)
-# being the unit's position; it may hang over the map's edges, where the trace is padded (with 0
-# activations and -1 switches) and the signal is kept at zero. Once a window would cover its whole
-# map, the rest of the way runs on whole maps (`_down`).
+# can run on windows that follow the unit instead of on whole maps (at conv5 of ZF-224: 3x3, 5x5, 7x7,
+# 15x15, 33x33, 67x67 of maps of 13, 13, 13, 26, 55, 110). A window is n x n positions of a map
+# starting at row scale * y + shift_y and column scale * x + shift_x, (y, x) being the unit's
+# position; it may hang over the map's edges, where the trace is padded (with 0 activations and -1
+# switches) and the signal is kept at zero. From the layer where the windows stop, the rest of the way
+# runs on whole maps (`_down`); where they stop is chosen by counting FLOPs (`_plan`).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,9 +100,12 @@ class _Window:
   pads: tuple[tuple[int, int], tuple[int, int]]
 
 
-@functools.cache
-def _windows(arch: Arch, layer: str) -> tuple[tuple[_Window, ...], int]:
-  """The windows from a conv `layer` down, and the layer index where whole maps take over (-1: none)."""
+def _all_windows(arch: Arch, layer: str) -> tuple[_Window, ...]:
+  """The windows from a conv `layer` down, as long as each is smaller than its map.
+
+  The last one is at the pixels (index -1) or at the output of the layer below which the next window
+  would cover its whole map (its pads are then zero: it is never cut, only placed).
+  """
   shapes = arch.shapes()
   index = arch.layer_names.index(layer)
   size, scale, shift = 1, 1, (0, 0)
@@ -114,14 +118,62 @@ def _windows(arch: Arch, layer: str) -> tuple[tuple[_Window, ...], int]:
     below = shapes[arch.layers[i - 1].name][:2] if i else (arch.input_size, arch.input_size)
     k = spec.kernel if isinstance(spec, Conv) else spec.window
     if (size - 1) * spec.stride + k >= min(below):
-      return (*windows, _Window(i, size, scale, shift, ((0, 0), (0, 0)))), i
+      return (*windows, _Window(i, size, scale, shift, ((0, 0), (0, 0))))
     pads = tuple((max(0, -b), max(0, scale * (h - 1) + b + size - h)) for b, h in zip(shift, here))
     windows.append(_Window(i, size, scale, shift, pads))
     size = (size - 1) * spec.stride + k
     scale *= spec.stride
     shift = tuple(b * spec.stride - lo for b, (lo, _) in zip(shift, spec.padding))
-  windows.append(_Window(-1, size, scale, shift, ((0, 0), (0, 0))))
-  return tuple(windows), -1
+  return (*windows, _Window(-1, size, scale, shift, ((0, 0), (0, 0))))
+
+
+def _conv_flops(arch: Arch, index: int, side: int) -> float:
+  """2 x multiply-adds of arch.layers[index]'s transposed convolution from a side x side output
+  (the same count as the conv's forward over those outputs); 0 for pools."""
+  spec = arch.layers[index]
+  if not isinstance(spec, Conv):
+    return 0.0
+  channels_in = arch.shapes()[arch.layers[index - 1].name][-1] if index else 3
+  return 2.0 * side ** 2 * spec.kernel ** 2 * channels_in * spec.features
+
+
+def _dense_flops(arch: Arch, index: int) -> float:
+  """The FLOPs of `_down` from the output of arch.layers[index] to the pixels, for one projection (0 from
+  the pixels, index -1)."""
+  shapes = arch.shapes()
+  return sum(_conv_flops(arch, i, shapes[arch.layers[i].name][0]) for i in range(index + 1))
+
+
+@functools.cache
+def _plan(arch: Arch, layer: str) -> tuple[tuple[_Window, ...], int, float]:
+  """Where a unit's projection leaves windows for whole maps: the FLOP count decides.
+
+  Stopping after the first t windows costs their transposed convolutions on windows plus `_down` on
+  whole maps from the t-th window's layer; the cheapest t wins, ties going to whole maps (t = 1 is
+  the dense path: the unit itself, placed into its map). Pools, ReLUs and the cutting and pasting of
+  windows are not counted (elementwise).
+
+  Returns:
+    the windows to run, the layer index where whole maps take over (-1: none, the windows reach the
+    pixels), and the FLOPs of one projection on that plan.
+  """
+  windows = _all_windows(arch, layer)
+  best = (windows[:1], windows[0].index, _dense_flops(arch, windows[0].index))
+  windowed = 0.0
+  for t, (above, window) in enumerate(zip(windows[:-1], windows[1:]), start=1):
+    windowed += _conv_flops(arch, above.index, above.size)
+    cost = windowed + _dense_flops(arch, window.index)
+    if cost < best[2]:
+      best = (windows[:t + 1], window.index, cost)
+  return best
+
+
+def flops(arch: Arch, layer: str) -> tuple[float, float]:
+  """Convolution FLOPs (2 x multiply-adds) of projecting one conv unit of `layer`: (on the windows
+  `project_many` uses, on whole maps). The first is the crop's bound; pools and ReLUs are not counted."""
+  if not isinstance(arch.layer(layer), Conv):
+    raise ValueError(f"layer={layer!r} is not a conv layer of {arch.name!r}; allowed: {', '.join(arch.conv_names)}")
+  return _plan(arch, layer)[2], _dense_flops(arch, arch.layer_names.index(layer))
 
 
 def _window_start(window: _Window, unit: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -131,7 +183,7 @@ def _window_start(window: _Window, unit: jax.Array) -> tuple[jax.Array, jax.Arra
 def _cut(padded: jax.Array, window: _Window, unit: jax.Array) -> jax.Array:
   """The window [n, n, c] out of one image's map, padded by window.pads."""
   y0, x0 = _window_start(window, unit)
-  start = (y0 + window.pads[0][0], x0 + window.pads[1][0], 0)
+  start = (y0 + window.pads[0][0], x0 + window.pads[1][0], jnp.zeros_like(y0))  # one index dtype (x64 too)
   return jax.lax.dynamic_slice(padded, start, (window.size, window.size, padded.shape[-1]))
 
 
@@ -139,7 +191,7 @@ def _place(signal: jax.Array, window: _Window, unit: jax.Array, hw: tuple[int, i
   """The window [n, n, c] put in a whole map [h, w, c] (zero elsewhere; what hangs over is dropped)."""
   y0, x0 = _window_start(window, unit)
   framed = jnp.pad(signal, ((hw[0], hw[0]), (hw[1], hw[1]), (0, 0)))
-  return jax.lax.dynamic_slice(framed, (hw[0] - y0, hw[1] - x0, 0), (*hw, signal.shape[-1]))
+  return jax.lax.dynamic_slice(framed, (hw[0] - y0, hw[1] - x0, jnp.zeros_like(y0)), (*hw, signal.shape[-1]))
 
 
 def _inside(signal: jax.Array, window: _Window, unit: jax.Array, hw: tuple[int, int]) -> jax.Array:
@@ -155,11 +207,11 @@ def _project_windowed(arch: Arch, params: Params, padded: Trace, trace: Trace, l
                       rule: str) -> jax.Array:
   """One image's projection of one conv unit (channel, y, x) -> [S, S, 3], on windows.
 
-  `padded` holds the windows' trace maps padded as `_windows` says, `trace` the whole maps (both
+  `padded` holds the windows' trace maps padded as `_all_windows` says, `trace` the whole maps (both
   without the batch axis).
   """
   shapes = arch.shapes()
-  windows, dense_from = _windows(arch, layer)
+  windows, dense_from, _ = _plan(arch, layer)
   top = trace.activations[layer]  # the first window is the unit itself, inside the map: no padding
   signal = jnp.where(jnp.arange(top.shape[-1]) == unit[0], _cut(top, windows[0], unit), 0.0)
   for window, below in zip(windows[:-1], windows[1:]):
@@ -183,9 +235,9 @@ def _project_windowed(arch: Arch, params: Params, padded: Trace, trace: Trace, l
 
 
 def _pad_trace(arch: Arch, trace: Trace, layer: str) -> Trace:
-  """The trace maps the windows read, [B, ...] padded as `_windows` says (0 activations, -1 switches)."""
+  """The trace maps the windows read, [B, ...] padded as `_all_windows` says (0 activations, -1 switches)."""
   activations, switches = {}, {}
-  for window in _windows(arch, layer)[0][:-1]:
+  for window in _plan(arch, layer)[0][:-1]:
     spec = arch.layers[window.index]
     pads = ((0, 0), *window.pads, (0, 0))
     if isinstance(spec, Conv):
@@ -208,15 +260,16 @@ def _select(activation: jax.Array, unit: jax.Array, whole_map: bool) -> jax.Arra
   return jnp.where(keep, activation, 0.0)
 
 
-@functools.partial(jax.jit, static_argnames=("arch", "layer", "rule"))
-def _project_units(arch: Arch, params: Params, trace: Trace, layer: str, units: jax.Array,
-                   rule: str) -> jax.Array:
+@functools.partial(jax.jit, static_argnames=("arch", "layer", "rule", "windowed"))
+def _project_units(arch: Arch, params: Params, trace: Trace, layer: str, units: jax.Array, rule: str,
+                   windowed: bool = True) -> jax.Array:
   """units int32 [B, N, 3] or [B, N, 1] -> pixels [B, N, S, S, 3], vmapped over N.
 
-  Single conv units run on windows that follow their receptive fields; whole maps and fc units run
-  on whole maps.
+  Single conv units run on windows that follow their receptive fields where `_plan` finds that
+  cheaper (and `windowed`); whole maps and fc units run on whole maps.
   """
-  if units.shape[-1] == 3 and isinstance(arch.layer(layer), Conv):
+  if (windowed and units.shape[-1] == 3 and isinstance(arch.layer(layer), Conv)
+      and _plan(arch, layer)[1] != arch.layer_names.index(layer)):
     per_image = jax.vmap(lambda p, t, unit: _project_windowed(arch, params, p, t, layer, unit, rule))
     return jax.vmap(per_image, in_axes=(None, None, 1), out_axes=1)(_pad_trace(arch, trace, layer), trace, units)
   whole_map = units.shape[-1] == 1
@@ -286,7 +339,7 @@ def check_units(arch: Arch, trace: Trace, layer: str, units: Any) -> np.ndarray:
 
 
 def project_many(arch: Arch, params: Params, trace: Trace, layer: str, units: Any,
-                 rule: str = "deconvnet") -> jax.Array:
+                 rule: str = "deconvnet", windowed: bool = True) -> jax.Array:
   """Projects many units at once: one jitted call, vmapped over units (section 2.1, Fig. 2).
 
   Bad input raises one ValueError: params not of `arch` (`models.check_params`), an unknown layer or
@@ -303,6 +356,8 @@ def project_many(arch: Arch, params: Params, trace: Trace, layer: str, units: An
       image. [N, 1] or [B, N, 1] (channel only) projects whole feature maps. For fc layers use
       y = x = 0 or channel only.
     rule: "deconvnet" (the paper), "guided" or "saliency".
+    windowed: single conv units run on windows under their receptive fields as far as that saves
+      FLOPs (`flops`); False runs them on whole maps (the same numbers, up to float rounding).
 
   Returns:
     [B, N, S, S, 3] pixels, each projection scaled by the activation(s) it starts from.
@@ -315,7 +370,7 @@ def project_many(arch: Arch, params: Params, trace: Trace, layer: str, units: An
   units = jnp.asarray(units, jnp.int32)
   if units.ndim == 2:
     units = jnp.broadcast_to(units[None], (shape[0], *units.shape))
-  return _project_units(arch, params, trace, layer, units, rule)
+  return _project_units(arch, params, trace, layer, units, rule, windowed)
 
 
 def checked_project_many(arch: Arch, params: Params, trace: Trace, layer: str, units: Any,

@@ -198,15 +198,15 @@ def scan(arch: Arch, params: Params, images: Any, layers: Sequence[str] | None =
   return out
 
 
-@functools.partial(jax.jit, static_argnames=("arch", "layer", "rule"))
+@functools.partial(jax.jit, static_argnames=("arch", "layer", "rule", "windowed"))
 def _forward_project(arch: Arch, params: Params, images: jax.Array, units: jax.Array, layer: str,
-                     rule: str) -> jax.Array:
+                     rule: str, windowed: bool = True) -> jax.Array:
   _, trace = models.forward(arch, params, images)
-  return deconv.project_many(arch, params, trace, layer, units[:, None], rule)[:, 0]
+  return deconv.project_many(arch, params, trace, layer, units[:, None], rule, windowed)[:, 0]
 
 
 def project_units(arch: Arch, params: Params, images: Any, layer: str, image: Any, units: Any,
-                  batch_size: int = 64, rule: str = "deconvnet") -> np.ndarray:
+                  batch_size: int = 64, rule: str = "deconvnet", windowed: bool = True) -> np.ndarray:
   """Projects one unit of each of several images, each with its own image's switches (section 2.1).
 
   Args:
@@ -217,6 +217,7 @@ def project_units(arch: Arch, params: Params, images: Any, layer: str, image: An
     units: int [N, 3] (channel, y, x), one unit per listed image.
     batch_size: images per jitted forward + projection.
     rule: "deconvnet", "guided" or "saliency".
+    windowed: as `deconv.project_many` (False: whole maps all the way down, for comparison).
 
   Returns:
     float32 [N, S, S, 3] pixels, each scaled by its unit's activation.
@@ -225,7 +226,8 @@ def project_units(arch: Arch, params: Params, images: Any, layer: str, image: An
   units = np.asarray(units, np.int32).reshape(-1, 3)
   if not len(image):
     return np.zeros((0, arch.input_size, arch.input_size, 3), np.float32)
-  fn = lambda i, u: _forward_project(arch, params, jnp.asarray(images[i], jnp.float32), jnp.asarray(u), layer, rule)
+  fn = lambda i, u: _forward_project(arch, params, jnp.asarray(images[i], jnp.float32), jnp.asarray(u), layer, rule,
+                                     windowed)
   return common.map_chunks(fn, (image, units), min(batch_size, len(image)))
 
 
