@@ -52,7 +52,7 @@ def captum_projections(model: torch.nn.Module, layer: str, inputs: torch.Tensor,
   out = []
   for n in range(units.shape[1]):
     c, y, x = (torch.from_numpy(units[:, n, i]).long() for i in range(3))
-    out.append(method.attribute(inputs, lambda maps: maps[rows, c, y, x]))
+    out.append(method.attribute(inputs, lambda maps, c=c, y=y, x=x: maps[rows, c, y, x]))
   return out
 
 
