@@ -345,6 +345,22 @@ def _loaded(params: Any, mean_image: np.ndarray, meta: Mapping[str, Any]) -> Loa
                 config=dict(meta.get("config", {})))
 
 
+def params_to_arrays(params: Any) -> dict[str, np.ndarray]:
+  """params {layer: {"kernel", "bias"}} -> the flat {"params/<layer>/<kernel|bias>": array} of an .npz file."""
+  return {f"params/{layer}/{part}": np.asarray(value)
+          for layer, values in params.items() for part, value in values.items()}
+
+
+def params_from_arrays(arrays: Any) -> dict[str, dict[str, np.ndarray]]:
+  """The inverse of `params_to_arrays`, from an opened .npz (other keys are left out)."""
+  params: dict[str, dict[str, np.ndarray]] = {}
+  for key in arrays.files:
+    if key.startswith("params/"):
+      _, layer, part = key.split("/")
+      params.setdefault(layer, {})[part] = arrays[key]
+  return params
+
+
 def save_params_npz(path: str, loaded: Loaded) -> None:
   """Exports a model as one .npz file: "params/<layer>/<kernel|bias>", "mean_image" and "meta" (JSON).
 
@@ -354,8 +370,7 @@ def save_params_npz(path: str, loaded: Loaded) -> None:
   """
   if not path.endswith(".npz"):
     raise ValueError(f"path={path!r} must end in .npz")
-  arrays = {f"params/{layer}/{name}": np.asarray(value)
-            for layer, values in loaded.params.items() for name, value in values.items()}
+  arrays = params_to_arrays(loaded.params)
   meta = {"arch": arch_to_dict(loaded.arch), "num_classes": loaded.num_classes, "class_names": loaded.class_names,
           "step": loaded.step, "epoch": loaded.epoch, "config": loaded.config}
   check_finite_json(meta, f"{os.path.basename(path)} metadata")
@@ -372,11 +387,7 @@ def _load_npz(path: str) -> Loaded:
     with np.load(path) as data:
       if "meta" not in data or "mean_image" not in data:
         raise ValueError(f"{path!r} is not a zf_jax params file (no 'meta'/'mean_image'); {allowed}")
-      params: dict[str, dict[str, np.ndarray]] = {}
-      for key in data.files:
-        if key.startswith("params/"):
-          _, layer, name = key.split("/")
-          params.setdefault(layer, {})[name] = data[key]
+      params = params_from_arrays(data)
       mean_image, meta = data["mean_image"], json.loads(str(data["meta"]))
   except Exception as e:  # zipfile, pickle, json and OS errors of a damaged file
     if isinstance(e, ValueError) and str(e).startswith(repr(path)):

@@ -106,19 +106,12 @@ def read_arrays(path: str, expected_sha256: str | None = None) -> tuple[models.P
                      "zf_jax.pretrained.export)")
   try:
     with np.load(path, allow_pickle=False) as arrays:
-      params: dict[str, dict[str, np.ndarray]] = {}
-      for key in arrays.files:
-        if key.startswith("params/"):
-          _, layer, part = key.split("/")
-          params.setdefault(layer, {})[part] = arrays[key]
+      params = checkpoint.params_from_arrays(arrays)
       mean_image = np.asarray(arrays["mean_image"], np.float32)
   except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
     raise ValueError(f"{path}: cannot be read, it is corrupt or truncated ({type(e).__name__}: {e}); allowed: an "
                      "NAME.npz written by python -m zf_jax.pretrained.export") from None
-  for layer, values in params.items():
-    for part, value in values.items():
-      if not np.isfinite(value).all():
-        raise ValueError(f"{path}: params[{layer!r}][{part!r}] holds NaN or Inf values; allowed: finite weights")
+  models.check_finite_params(params, f"{path}: params")
   return params, mean_image
 
 

@@ -27,8 +27,7 @@ from zf_jax.data import tiny_imagenet
 
 def npz_bytes(params: Any, mean_image: np.ndarray) -> bytes:
   """The compressed .npz of float32 params {layer: {"kernel", "bias"}} and the mean image."""
-  arrays = {f"params/{layer}/{part}": np.asarray(value, np.float32)
-            for layer, values in params.items() for part, value in values.items()}
+  arrays = {key: value.astype(np.float32) for key, value in checkpoint.params_to_arrays(params).items()}
   buffer = io.BytesIO()
   np.savez_compressed(buffer, mean_image=np.asarray(mean_image, np.float32), **arrays)
   return buffer.getvalue()
