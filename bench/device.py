@@ -8,12 +8,17 @@ FLOPs are XLA's own count of each compiled program (`cost_analysis`), so they in
 pass and the optimizer; MFU = achieved FLOP/s / the device's dense bfloat16 peak (`PEAK_BF16`, both
 dtypes against the same peak; none known for CPUs). bfloat16 runs `train_lib.train_step` with
 compute_dtype=bfloat16 (parameters float32), and projection / occlusion with bfloat16 parameters
-and images (occlusion in its "full" mode: batched whole forward passes). Nothing here needs PyTorch.
+and images (occlusion in its "full" mode: batched whole forward passes). When PyTorch sees a CUDA
+device, the training step is also timed in PyTorch on it (bench.train_step's step, eager and
+torch.compile, float32 and bfloat16 autocast, channels-last) as the baseline of four more rows;
+without one, nothing needs PyTorch.
 """
 from __future__ import annotations
 
 import argparse
 import functools
+import importlib.util
+import itertools
 import os
 import sys
 from collections.abc import Callable
@@ -42,8 +47,14 @@ def peak_flops(device: jax.Device) -> float | None:
 
 
 def _flops(fn: Callable, *args: Any) -> float:
-  """XLA's FLOP count of one call of the jitted `fn` on `args`."""
-  cost = fn.lower(*args).compile().cost_analysis()
+  """XLA's FLOP count of one call of the jitted `fn` on `args`, from the program compiled for the CPU.
+
+  A GPU's compiled program would leave out what it runs as library calls (cuDNN convolutions), so the
+  count is always taken on the CPU backend, from abstract arguments placed there.
+  """
+  cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+  specs = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=cpu), args)
+  cost = fn.lower(*specs).compile().cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return float(cost.get("flops", 0.0))
 
@@ -92,6 +103,50 @@ def occlusion_case(name: str, dtype: Any, stride: int) -> tuple[None, Callable[[
   return None, lambda: maps()["p_true"], 0.0
 
 
+def torch_cuda_available() -> bool:
+  """True when PyTorch is installed and sees a CUDA device (the PyTorch baseline rows run)."""
+  if importlib.util.find_spec("torch") is None:
+    return False
+  import torch
+  return torch.cuda.is_available()
+
+
+def torch_train_case(name: str, batch: int, dtype_name: str, compiled: bool) -> Callable[[], Any]:
+  """One PyTorch training step of `name` (bench.train_step.torch_step: SGD momentum + filter RMS clipping) on
+  the CUDA device, float32 or bfloat16 autocast, eager or with the model under torch.compile, synchronised:
+  the baseline of `train_case`."""
+  import torch
+
+  from bench import torch_models
+  from bench.train_step import torch_step
+  arch, params, images = common.model(name, batch)
+  model = torch_models.build(arch, params).train().cuda().to(memory_format=torch.channels_last)
+  x = torch_models.to_nchw(images).cuda().contiguous(memory_format=torch.channels_last)
+  labels = (torch.arange(batch) % 1000).cuda()
+  step = torch_step(model, torch.compile(model) if compiled else model,
+                    torch.optim.SGD(model.parameters(), lr=1e-2, momentum=0.9))
+
+  def call() -> None:
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype_name == "bfloat16"):
+      step(x, labels)
+    torch.cuda.synchronize()
+  return call
+
+
+def torch_rows(name: str, batch: int, repeats: int, jax_rates: dict[str, float]) -> list[dict[str, Any]]:
+  """zf_jax's training step (img/s from `run`) against PyTorch eager and torch.compile on the same GPU, per dtype."""
+  rows = []
+  for mode, dtype_name in itertools.product(("eager", "torch.compile"), DTYPES):
+    call = torch_train_case(name, batch, dtype_name, compiled=mode == "torch.compile")
+    seconds = common.timeit({"call": call}, repeats, warmup=2)["call"]
+    print(f"[device] train_step PyTorch {mode} {dtype_name}: {batch / seconds:.1f} img/s", flush=True)
+    rows.append(common.row("device_train_step", name, "img/s", jax_rates[dtype_name], batch / seconds,
+                           f"PyTorch {mode} (CUDA, {dtype_name})", 1.0,
+                           f"{jax.devices()[0].device_kind}, batch {batch}, {dtype_name}, "
+                           "the step of bench.train_step"))
+  return rows
+
+
 def run(quick: bool = False) -> list[dict[str, Any]]:
   """Rows: bf16 vs f32 img/s (or calls/s) of each benchmark, with MFU in the note."""
   name, batch, repeats, stride = ("zfnet64", 2, 1, 16) if quick else ("zfnet", 128, 10, 8)
@@ -99,7 +154,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
   peak = peak_flops(device)
   cases = {"train_step": lambda d: train_case(name, batch, d), "projection": lambda d: projection_case(name, batch, d),
            "occlusion": lambda d: occlusion_case(name, d, stride)}
-  rows = []
+  rows, torch_baseline = [], []
   for bench_name, make in cases.items():
     rates, notes = {}, []
     for dtype_name, dtype in DTYPES.items():
@@ -117,7 +172,9 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
     rows.append(common.row(f"device_{bench_name}", name, "img/s", rates["bfloat16"], rates["float32"], "float32",
                            None, f"{device.device_kind}, batch {1 if bench_name == 'occlusion' else batch}, bfloat16",
                            "; ".join(notes) + (peak_note if notes else "")))
-  return rows
+    if bench_name == "train_step" and torch_cuda_available():
+      torch_baseline = torch_rows(name, batch, repeats, rates)
+  return rows + torch_baseline
 
 
 def main() -> None:
@@ -127,8 +184,8 @@ def main() -> None:
   env = common.environment()
   rows = run(args.quick)
   for row in rows:
-    print(f"| {row['benchmark']} | {row['model']} | {row['config']} | bf16 {row['zf_jax']:.4g} img/s | "
-          f"f32 {row['baseline']:.4g} img/s | x{row['ratio']:.2f} | {row['note']} |")
+    print(f"| {row['benchmark']} | {row['model']} | {row['config']} | {row['zf_jax']:.4g} img/s | "
+          f"{row['baseline_name']} {row['baseline']:.4g} img/s | x{row['ratio']:.2f} | {row['note']} |")
   if not args.quick:
     save_json({"environment": env, "results": rows}, os.path.join(HERE, "results_device.json"))
 
