@@ -119,6 +119,8 @@ def files(tmp_path_factory, model):
   np.savez(root / "nan.npz", **nan)
   (root / "copy.npz").write_bytes((root / "model.npz").read_bytes())
   (root / "bomb.png").write_bytes(_bomb_png(20000, 20000))
+  os.makedirs(root / "bombs" / "train" / "a")  # below PIL's own limits (it would decode it), above zf_jax's
+  (root / "bombs" / "train" / "a" / "0.png").write_bytes(_bomb_png(9000, 9000))
   for name, text in (("torn", '{"step": 1, "train_loss": 2.3}\n{"step": 2, "trai'),
                      ("damaged", '{"step": 1}\nnot json\n{"step": 2}\n')):
     os.makedirs(root / name)
@@ -225,6 +227,17 @@ LIBRARY = {
     "ImageFolder: a truncated PNG is named": (
         lambda p, x, t, f: datasets.ImageFolderSource(str(f / "folder"), "val")[0], ValueError,
         [os.path.join("val", "a", "0.png"), "cannot be decoded", "allowed: a complete PNG/JPEG"]),
+    "ImageFolder: a decompression bomb in a training folder is refused before decoding": (
+        lambda p, x, t, f: datasets.ImageFolderSource(str(f / "bombs"), "train")[0], ValueError,
+        [os.path.join("bombs", "train", "a", "0.png"), "81000000 pixels",
+         f"at most {preprocess.MAX_IMAGE_PIXELS} pixels"]),
+    "decode: encoded bytes of a decompression bomb (training batches)": (
+        lambda p, x, t, f: preprocess.decode((f / "bombs" / "train" / "a" / "0.png").read_bytes(), 56), ValueError,
+        ["an encoded image", "81000000 pixels", f"at most {preprocess.MAX_IMAGE_PIXELS} pixels"]),
+    "scan_split: the training split's check names the bomb": (
+        lambda p, x, t, f: checks.scan_split(datasets.ImageFolderSource(str(f / "bombs"), "train"),
+                                             "train_split='train'", 1, 64, progress=False), ValueError,
+        ["train_split='train': image 0", "0.png", f"at most {preprocess.MAX_IMAGE_PIXELS} pixels"]),
     "to_rgb: int values beyond 0..255 (no wrap-around)": (
         lambda p, x, t, f: preprocess.to_rgb(np.full((4, 4), 300, np.int32)), ValueError,
         ["values 300..300", "allowed: uint8, uint16, or values in 0..255"]),
@@ -271,7 +284,7 @@ LIBRARY = {
             :, :7]}, t.switches), "conv5", 1), ValueError, ["trace.activations['conv2']", "another arch"]),
     "read_image: a decompression bomb": (
         lambda p, x, t, f: model_inputs.read_image(str(f / "bomb.png")), ValueError,
-        ["bomb.png", "400000000 pixels", f"at most {model_inputs.MAX_IMAGE_PIXELS} pixels"]),
+        ["bomb.png", "400000000 pixels", f"at most {preprocess.MAX_IMAGE_PIXELS} pixels"]),
     "save_json: a NaN": (
         lambda p, x, t, f: zf_files.save_json({"a": [1.0, float("nan")]}, str(f / "x.json")), ValueError,
         ["x.json", "the number at .a[1]", "not finite"]),

@@ -161,3 +161,57 @@ def test_the_next_start_removes_a_dead_trainers_blocks_only():
         block.unlink()
       except FileNotFoundError:
         pass
+
+
+# A process killed in the middle of a write (SIGKILL: no finally, no atexit) of the evaluation cache, as
+# evaluation.evaluate writes it, or of a figure folder, as visualize.py writes one.
+_KILLED_WRITE = textwrap.dedent("""
+    import json, os, signal, sys
+    sys.path.insert(0, {root!r})
+    from zf_jax import evaluation, files
+    what, target = sys.argv[1], sys.argv[2]
+
+    def die(*args, **kwargs):
+      os.kill(os.getpid(), signal.SIGKILL)
+    if what == "cache":
+      dump = json.dump
+      def half_then_die(obj, f, **kwargs):
+        f.write(json.dumps(obj, **kwargs)[:20])
+        f.flush()
+        die()
+      json.dump = half_then_die
+      files.save_json({{**evaluation.read_cache(target), "new": {{"top1": 0.5}}}},
+                      os.path.join(target, evaluation.CACHE_FILE))
+    else:
+      with files.staged(target) as stage:
+        open(os.path.join(stage, "filters.png"), "w").write("new")
+        open(os.path.join(stage, "half.png"), "w").write("ne")
+        die()
+""")
+
+
+@pytest.mark.parametrize("what", ["cache", "figures"])
+def test_a_kill_in_the_middle_of_a_write_leaves_the_old_file_or_folder_whole(tmp_path, what):
+  from zf_jax import evaluation, files
+  if what == "cache":
+    target = tmp_path / "workdir"
+    os.makedirs(target)
+    old = {evaluation.cache_key(8, "validation", 10, None): {"top1": 0.25, "top5": 0.5, "num_images": 100}}
+    files.save_json(old, str(target / evaluation.CACHE_FILE))
+  else:
+    target = tmp_path / "figures"
+    os.makedirs(target)
+    (target / "filters.png").write_text("old")
+    (target / "index.html").write_text("old")
+  run = subprocess.run([sys.executable, "-c", _KILLED_WRITE.format(root=ROOT), what, str(target)], env=ENV,
+                       capture_output=True, text=True, timeout=120)
+  assert run.returncode == -signal.SIGKILL, run.stderr[-2000:]
+  if what == "cache":
+    assert evaluation.read_cache(str(target)) == old  # the old cache, whole: the next evaluation reads it
+  else:
+    assert sorted(os.listdir(target)) == ["filters.png", "index.html"]
+    assert (target / "filters.png").read_text() == "old"
+    assert len([name for name in os.listdir(tmp_path) if name.startswith(".figures.tmp-")]) == 1  # the dead stage
+    with files.staged(str(target)) as stage:  # the next write removes the killed run's staging folder
+      open(os.path.join(stage, "filters.png"), "w").write("new")
+    assert sorted(os.listdir(tmp_path)) == ["figures"] and (target / "filters.png").read_text() == "new"

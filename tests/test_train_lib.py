@@ -1,7 +1,9 @@
 """Training (section 3): clipping, annealing, input pipeline, resume after SIGKILL, 2 devices, bad input."""
 import functools
 import importlib
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -287,6 +289,26 @@ def test_resume_after_sigkill_gives_the_same_params(reference, data_dir, tmp_pat
   assert code == 0, err[-2000:]
   _assert_same_params(reference[0], workdir)
   assert [r["step"] for r in metrics.read(workdir) if "train_loss" in r] == [2, 4, 6, 8]
+
+
+@pytest.mark.parametrize("damage", ["torn", "not JSON"])
+def test_a_damaged_iterator_state_stops_resume_in_one_line_naming_the_file(reference, data_dir, tmp_path, damage):
+  """What a kill while the iterator's state is written can leave: resume names the checkpoint, changes nothing."""
+  workdir = tmp_path / "run"
+  shutil.copytree(reference[0], workdir)
+  shutil.rmtree(workdir / "checkpoints" / "8")  # resume from step 4, whose iterator state is damaged
+  (workdir / "metrics.jsonl").write_text("".join(
+      line + "\n" for line in (workdir / "metrics.jsonl").read_text().splitlines() if json.loads(line)["step"] <= 4))
+  state = workdir / "checkpoints" / "4" / "data" / "process_0-of-1.json"
+  text = state.read_text()
+  state.write_text(text[:len(text) // 2] if damage == "torn" else text.replace("next_index", "next"))
+  before = (workdir / "metrics.jsonl").read_text()
+  with pytest.raises(ValueError) as error:
+    train_lib.train_and_evaluate(_config(data_dir), str(workdir))
+  message = str(error.value)
+  assert len(message.splitlines()) == 1 and os.path.join("checkpoints", "4", "data") in message, message
+  assert "corrupt or truncated" in message and "delete this one" in message, message
+  assert (workdir / "metrics.jsonl").read_text() == before and checkpoint.list_steps(str(workdir)) == [4]
 
 
 def test_checkpoint_without_iterator_state_resumes_exactly(reference, data_dir, tmp_path):

@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
-from PIL import Image
 
 from zf_jax import models
 from zf_jax.data import preprocess, synthetic, tiny_imagenet  # noqa: F401  (registers the builders with TFDS)
@@ -76,11 +75,14 @@ class ImageFolderSource:
     if self._encoded:
       with open(os.path.join(self._root, file_name), "rb") as f:
         return {"image": f.read(), "label": label, "file_name": file_name}
+    path = os.path.join(self._root, file_name)
     try:
-      with Image.open(os.path.join(self._root, file_name)) as image:
+      with preprocess.open_image(path, path) as image:
         pixels = preprocess.pil_to_rgb(image)
+    except preprocess.TooManyPixels:
+      raise
     except (OSError, ValueError) as e:  # not an image, truncated ("image file is truncated"), ...
-      raise ValueError(f"image {os.path.join(self._root, file_name)!r} cannot be decoded ({type(e).__name__}: "
+      raise ValueError(f"image {path!r} cannot be decoded ({type(e).__name__}: "
                        f"{e}); allowed: a complete PNG/JPEG file") from None
     return {"image": pixels, "label": label, "file_name": file_name}
 

@@ -9,11 +9,49 @@ input (224 or 56): random crops with horizontal flips in training, the center or
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import math
+import re
+import warnings
+from collections.abc import Iterator
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image
+
+# The largest image read, in pixels (e.g. 8192 x 8192: 192 MiB as uint8 RGB): a small file can claim far more
+# (a decompression bomb). Below PIL's own limit, so PIL never warns or raises first.
+MAX_IMAGE_PIXELS = 8192 * 8192
+
+
+class TooManyPixels(ValueError):
+  """An image whose header declares more than MAX_IMAGE_PIXELS pixels (refused before it is decoded)."""
+
+
+def check_image_pixels(width: int, height: int, name: str) -> None:
+  """Raises TooManyPixels if a width x height image (named `name`) has more than MAX_IMAGE_PIXELS pixels; call
+  it with the size an image file's header declares, before decoding it (any upload endpoint too)."""
+  if width * height > MAX_IMAGE_PIXELS:
+    raise TooManyPixels(f"image={name!r} is {width} x {height} = {width * height} pixels; allowed: at most "
+                        f"{MAX_IMAGE_PIXELS} pixels (a decompression bomb, or a photo to downscale first)")
+
+
+@contextlib.contextmanager
+def open_image(source: str | BinaryIO, name: str) -> Iterator[Image.Image]:
+  """`PIL.Image.open(source)` (the header only), refused with TooManyPixels above MAX_IMAGE_PIXELS, as every
+  image zf_jax reads is: files, dataset images, uploads. `name` names the image in the error."""
+  try:
+    with warnings.catch_warnings():  # PIL's DecompressionBombWarning: check_image_pixels says it in one line
+      warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+      opened = Image.open(source)
+  except Image.DecompressionBombError as e:  # PIL's own limit (2 x 89 M pixels) is met while opening
+    pixels = re.search(r"\((\d+) pixels\)", str(e))
+    raise TooManyPixels(f"image={name!r} is {pixels[1] if pixels else 'too many'} pixels; allowed: at most "
+                        f"{MAX_IMAGE_PIXELS} pixels (a decompression bomb, or a photo to downscale first)") from None
+  with opened as image:
+    check_image_pixels(*image.size, name)
+    yield image
 
 
 def to_rgb(image: np.ndarray) -> np.ndarray:
@@ -45,14 +83,15 @@ def pil_to_rgb(image: Image.Image) -> np.ndarray:
   return np.asarray(image.convert("RGB"))
 
 
-def decode(encoded: bytes, size: int | None = None) -> np.ndarray:
+def decode(encoded: bytes, size: int | None = None, name: str = "an encoded image") -> np.ndarray:
   """JPEG/PNG bytes -> uint8 [H, W, 3].
 
   With `size`, a JPEG at least twice as large is decoded at 1/2, 1/4 or 1/8 scale (PIL's draft mode:
   the inverse DCT does the reduction, several times faster than a full decode), keeping its
-  smallest side >= size for the resize that follows; other formats decode at full size.
+  smallest side >= size for the resize that follows; other formats decode at full size. An image of
+  more than MAX_IMAGE_PIXELS pixels is refused (TooManyPixels, naming `name`) before it is decoded.
   """
-  with Image.open(io.BytesIO(encoded)) as image:
+  with open_image(io.BytesIO(encoded), name) as image:
     if size is not None:
       scale = size / min(image.size)
       image.draft("RGB", (math.ceil(image.size[0] * scale), math.ceil(image.size[1] * scale)))

@@ -24,7 +24,6 @@ import os
 import secrets
 import threading
 import time
-import warnings
 from typing import Any
 
 import jax
@@ -105,20 +104,12 @@ def decode_upload(content: bytes) -> np.ndarray:
   if len(content) > MAX_UPLOAD_BYTES:
     raise Rejected(413, f"the upload has {len(content)} bytes; allowed: at most {MAX_UPLOAD_BYTES}")
   try:
-    with warnings.catch_warnings():
-      warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused below, by our own smaller cap
-      opened = Image.open(io.BytesIO(content))  # reads the header only
-    with opened as image:
+    with preprocess.open_image(io.BytesIO(content), "upload") as image:  # the cap of every image zf_jax reads
       if image.format not in UPLOAD_FORMATS:
         raise Rejected(415, f"the upload is {image.format or 'not an image'}; allowed: {', '.join(UPLOAD_FORMATS)}")
-      try:  # the pixel cap of every image zf_jax reads (--images too), from the header before decoding
-        model_inputs.check_image_pixels(image.width, image.height, "upload")
-      except ValueError as e:
-        raise Rejected(413, str(e)) from None
       return preprocess.pil_to_rgb(image)
-  except Image.DecompressionBombError as e:  # PIL's own cap (twice MAX_IMAGE_PIXELS), hit while opening
-    raise Rejected(413, f"the upload has too many pixels ({e}); allowed: at most {model_inputs.MAX_IMAGE_PIXELS}") \
-        from None
+  except preprocess.TooManyPixels as e:
+    raise Rejected(413, str(e)) from None
   except (OSError, ValueError) as e:
     if isinstance(e, Rejected):
       raise

@@ -30,7 +30,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from zf_jax.data import model_inputs
+from zf_jax.data import preprocess
 from zf_jax.explore import session as session_lib
 from zf_jax.explore.session import Rejected, Session, View
 
@@ -147,7 +147,7 @@ def app(session: Session) -> Starlette:
         "classes": session.class_names, "samples": [f"sample:{s}" for s in session_lib.SAMPLES],
         "data": None if session.data is None else {"name": session.data.name, "split": session.data.split,
                                                    "size": len(session.data.source)},
-        "max_upload_bytes": session_lib.MAX_UPLOAD_BYTES, "max_upload_pixels": model_inputs.MAX_IMAGE_PIXELS})
+        "max_upload_bytes": session_lib.MAX_UPLOAD_BYTES, "max_upload_pixels": preprocess.MAX_IMAGE_PIXELS})
 
   async def scan(request: Request) -> Response:
     if request.method == "POST":
