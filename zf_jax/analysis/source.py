@@ -19,7 +19,7 @@ from absl import logging
 from zf_jax import checkpoint, data, pretrained
 from zf_jax.data import model_inputs
 
-SAMPLE_PHOTOS = tuple(f"skimage:{name}" for name in ("astronaut", "camera", "chelsea", "coffee", "rocket"))
+SAMPLE_PHOTOS = tuple(f"skimage:{name}" for name in model_inputs.SKIMAGE_PHOTOS)
 
 
 class NeedsDataset(ValueError):

@@ -14,7 +14,7 @@ import numpy as np
 
 from zf_jax.data import datasets, preprocess
 
-SKIMAGE_PHOTOS = ("astronaut", "camera", "cat", "chelsea", "coffee", "rocket")
+SKIMAGE_PHOTOS = ("astronaut", "camera", "chelsea", "coffee", "rocket")  # skimage.data.cat() is chelsea()
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
