@@ -31,6 +31,15 @@ configs/ablation_runs.sh, which runs them one after another in this order, nice'
   ablation-no-conv34-fc67-converged  zfnet64-no-conv34-fc67  (the same options)
       These two are Table 3's depth rows at convergence: configs/reference.py's budget and stopping rule.
       The script starts each from a copy of its 10-epoch run's workdir, whose 10 epochs it shares.
+  Issue 23, seeds 1 and 2 of the three converged rows (`bash configs/ablation_runs.sh seeds`), the same
+  options plus the seed; each starts from a copy of its 10-epoch run where there is one, else fresh
+  (about 2 h each on this machine's 2 cores, 150 img/s):
+  ablation-seed1-converged       zfnet64                (the same options) --config.seed=1
+  ablation-no-fc67-seed1-converged  zfnet64-no-fc67     (the same options) --config.seed=1
+  ablation-no-conv34-fc67-seed1-converged  zfnet64-no-conv34-fc67  (the same options) --config.seed=1
+  ablation-seed2-converged       zfnet64                (the same options) --config.seed=2
+  ablation-no-fc67-seed2-converged  zfnet64-no-fc67     (the same options) --config.seed=2
+  ablation-no-conv34-fc67-seed2-converged  zfnet64-no-conv34-fc67  (the same options) --config.seed=2
 
 Then (10-crop validation and the train error are computed from the checkpoints, cached in each workdir):
 
@@ -42,6 +51,13 @@ $R/ablation-fc-double,$R/ablation-wide-conv345,$R/fig6-alexnet64,$R/fig6-noclip
       --workdirs=$R/reference,$R/ablation-no-fc67-converged,$R/ablation-no-conv34-fc67-converged
   python visualize.py ensemble --epoch=10 --out=docs/figures/table2 \\
       --workdirs=$R/reference,$R/ablation-seed1,$R/ablation-seed2,$R/ablation-wide-conv345
+Issue 23 (three seeds at convergence; rows of one variant that differ only in the seed are grouped):
+  python visualize.py ablation --out=docs/figures/table3-seeds --workdirs=$R/reference,\\
+$R/ablation-seed1-converged,$R/ablation-seed2-converged,$R/ablation-no-fc67-converged,\\
+$R/ablation-no-fc67-seed1-converged,$R/ablation-no-fc67-seed2-converged,$R/ablation-no-conv34-fc67-converged,\\
+$R/ablation-no-conv34-fc67-seed1-converged,$R/ablation-no-conv34-fc67-seed2-converged
+  python visualize.py ensemble --out=docs/figures/table2-converged --workdirs=$R/reference,\\
+$R/ablation-seed1-converged,$R/ablation-seed2-converged,$R/ablation-no-fc67-converged
   python visualize.py filters --workdir=$R/fig6-noclip --compare=$R/fig6-alexnet64
 
 Measured results: docs/REPRODUCTION.md.

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The common-budget runs of configs/ablation.py (Table 3, Table 2, Fig. 6), one after another, nice'd.
 #
-#   nohup bash configs/ablation_runs.sh > ~/zf-runs/ablation_runs.log 2>&1 &
+#   nohup bash configs/ablation_runs.sh [GROUP ...] >> ~/zf-runs/ablation_runs.log 2>&1 &
+#
+# GROUPs, in this order when none is named: common (the 10-epoch runs), converged (Table 3's depth rows
+# at convergence), seeds (issue 23: seeds 1 and 2 of the three converged rows of Table 3).
 #
 # Resumable: re-run the same command. A finished run returns at once ("Already trained"), a killed
 # one resumes from its last checkpoint with the same result. Each run logs to RUNS/NAME/log.txt.
@@ -22,29 +25,55 @@ run() {  # NAME ARCH [--config.KEY=VALUE ...]
       --config.manual_dir="$DATA" "$@" >> "$RUNS/$name/log.txt" 2>&1
 }
 
-run fig6-alexnet64 alexnet64
-run fig6-noclip zfnet64 --config.filter_rms_radius=0
-run ablation-no-conv34 zfnet64-no-conv34
-run ablation-no-fc67 zfnet64-no-fc67
-run ablation-wide-conv345 zfnet64-wide-conv345
-run ablation-seed1 zfnet64 --config.seed=1
-run ablation-fc-half zfnet64-fc-half
-run ablation-fc-double zfnet64-fc-double
-run ablation-seed2 zfnet64 --config.seed=2
-run ablation-no-conv34-fc67 zfnet64-no-conv34-fc67
-# Table 3's depth rows at convergence: NAME's 10-epoch run continued with configs/reference.py's budget and
-# stopping rule (up to 40 epochs, stop once the plateau rule is at its floor), in NAME-converged. No schedule
-# depends on num_epochs, so a copy of NAME's workdir resumes from epoch 10 with the same result as a fresh run.
-converged() {  # NAME ARCH
+# NAME's run with configs/reference.py's budget and stopping rule (up to 40 epochs, stop once the plateau rule
+# is at its floor), in NAME-converged. No schedule depends on num_epochs, so where NAME's 10-epoch run is there,
+# a copy of its workdir resumes from epoch 10 with the same result as a fresh run; else it starts fresh.
+converged() {  # NAME ARCH [--config.KEY=VALUE ...]
   local name=$1 arch=$2
-  if [ ! -d "$RUNS/$name-converged" ]; then
+  shift 2
+  if [ ! -d "$RUNS/$name-converged" ] && [ -d "$RUNS/$name" ]; then
     rm -rf "$RUNS/$name-converged.copying"
     cp -r "$RUNS/$name" "$RUNS/$name-converged.copying"
     mv "$RUNS/$name-converged.copying" "$RUNS/$name-converged"
   fi
-  run "$name-converged" "$arch" --config.num_epochs=40 --config.stop_when_converged=True
+  run "$name-converged" "$arch" --config.num_epochs=40 --config.stop_when_converged=True "$@"
 }
 
-converged ablation-no-fc67 zfnet64-no-fc67
-converged ablation-no-conv34-fc67 zfnet64-no-conv34-fc67
-echo "$(date -u +%FT%TZ) all runs done; build the tables with the visualize.py commands in configs/ablation.py"
+common() {
+  run fig6-alexnet64 alexnet64
+  run fig6-noclip zfnet64 --config.filter_rms_radius=0
+  run ablation-no-conv34 zfnet64-no-conv34
+  run ablation-no-fc67 zfnet64-no-fc67
+  run ablation-wide-conv345 zfnet64-wide-conv345
+  run ablation-seed1 zfnet64 --config.seed=1
+  run ablation-fc-half zfnet64-fc-half
+  run ablation-fc-double zfnet64-fc-double
+  run ablation-seed2 zfnet64 --config.seed=2
+  run ablation-no-conv34-fc67 zfnet64-no-conv34-fc67
+}
+
+converged_rows() {  # Table 3's depth rows at convergence (seed 0; the base row is the reference run)
+  converged ablation-no-fc67 zfnet64-no-fc67
+  converged ablation-no-conv34-fc67 zfnet64-no-conv34-fc67
+}
+
+seeds() {  # issue 23: seeds 1 and 2 of the three converged rows, one whole extra seed first
+  converged ablation-seed1 zfnet64 --config.seed=1
+  converged ablation-no-fc67-seed1 zfnet64-no-fc67 --config.seed=1
+  converged ablation-no-conv34-fc67-seed1 zfnet64-no-conv34-fc67 --config.seed=1
+  converged ablation-seed2 zfnet64 --config.seed=2
+  converged ablation-no-fc67-seed2 zfnet64-no-fc67 --config.seed=2
+  converged ablation-no-conv34-fc67-seed2 zfnet64-no-conv34-fc67 --config.seed=2
+}
+
+for group in "${@:-common converged seeds}"; do
+  for g in $group; do
+    case $g in
+      common) common ;;
+      converged) converged_rows ;;
+      seeds) seeds ;;
+      *) echo "configs/ablation_runs.sh: unknown group '$g'; allowed: common, converged, seeds" >&2; exit 2 ;;
+    esac
+  done
+done
+echo "$(date -u +%FT%TZ) runs done; build the tables with the visualize.py commands in configs/ablation.py"

@@ -51,6 +51,7 @@ def test_ablation_table_reads_each_workdirs_metrics_and_checkpoint(workdirs):
   result = ablation.compute(workdirs, use_cache=False)
   assert result["arch"] == ["zfnet64-custom", "zfnet64-no-conv34-custom"]
   assert result["change"] == ["(base)", "removed conv3,conv4, seed 0→1"]
+  assert result["variant"] == ["(base)", "removed conv3,conv4"] and list(result["seed"]) == [0, 1]
   assert list(result["num_params"]) == [BASE_PARAMS, NO_CONV34_PARAMS]
   assert list(result["epoch"]) == [2.0, 2.0] and list(result["step"]) == [8, 8]
   for i, workdir in enumerate(workdirs):
@@ -105,6 +106,49 @@ def test_describe_change_and_paper_rows():
   assert ablation.paper_row("alexnet64-no-fc7")[1:] == (40.0, 18.4)
   assert ablation.paper_row("zfnet64", {"filter_rms_radius": 0.0}) is None
   assert ablation.paper_row("zfnet64-custom") is None
+
+
+def _seeded_result(val_top1):
+  """A compute() result of runs named by variant: {variant: [val top-1 accuracy per seed]} (base first)."""
+  rows = [(variant, seed, acc) for variant, accs in val_top1.items() for seed, acc in enumerate(accs)]
+  n = len(rows)
+  return {"workdirs": [f"/runs/{v}-{s}" for v, s, _ in rows], "arch": [f"zfnet64-{v}" for v, _, _ in rows],
+          "change": ["(base)"] + [v for v, _, _ in rows[1:]], "variant": [v for v, _, _ in rows],
+          "seed": np.array([s for _, s, _ in rows]), "epoch": np.full(n, 24.0),
+          "val_top1": np.array([a for _, _, a in rows]), "val_top5": np.array([a + 0.3 for _, _, a in rows]),
+          "train_top1": np.array([a + 0.05 for _, _, a in rows])}
+
+
+def test_seeds_of_a_variant_are_grouped_and_judged_against_the_seed_noise():
+  from scipy import stats
+  result = _seeded_result({"(base)": [0.45, 0.44, 0.46], "removed fc6,fc7": [0.48, 0.47, 0.49],
+                           "removed conv3,conv4": [0.452, 0.43, 0.47], "one seed": [0.40]})
+  groups = ablation.variants(result)
+  assert [g["variant"] for g in groups] == ["(base)", "removed fc6,fc7", "removed conv3,conv4", "one seed"]
+  assert [g["n"] for g in groups] == [3, 3, 3, 1] and groups[1]["seeds"] == [0, 1, 2]
+  base_errors = np.array([55.0, 56.0, 54.0])
+  np.testing.assert_allclose(groups[0]["val_top1_error"]["mean"], 55.0)
+  np.testing.assert_allclose(groups[0]["val_top1_error"]["std"], base_errors.std(ddof=1))
+  assert (groups[0]["val_top1_error"]["min"], groups[0]["val_top1_error"]["max"]) == pytest.approx((54.0, 56.0))
+  assert "vs_base" not in groups[0]
+  clear, noisy, single = (g["vs_base"]["val_top1_error"] for g in groups[1:])
+  assert clear["difference"] == pytest.approx(-3.0) and clear["beyond_seed_noise"] is True
+  # Welch's t by hand: difference of means over the root of the summed variances of the means.
+  a, b = np.array([52.0, 53.0, 51.0]), base_errors
+  t = (a.mean() - b.mean()) / np.sqrt(a.var(ddof=1) / 3 + b.var(ddof=1) / 3)
+  assert clear["welch_t"] == pytest.approx(t) and clear["p_value"] == pytest.approx(
+      stats.ttest_ind(a, b, equal_var=False).pvalue)
+  assert clear["pooled_std"] == pytest.approx(1.0)
+  assert noisy["beyond_seed_noise"] is False and noisy["p_value"] > 0.05  # 0.9 points against a 2-point spread
+  assert single["difference"] == pytest.approx(5.0) and single["p_value"] is None  # one seed: no test
+  assert single["beyond_seed_noise"] is None and groups[3]["val_top1_error"]["std"] == 0.0
+  json.dumps(groups, allow_nan=False)  # strict JSON: no NaN where a test cannot be made
+
+
+def test_the_seeds_figure_is_drawn(tmp_path):
+  ablation.plot_variants(_seeded_result({"(base)": [0.45, 0.44], "removed fc6,fc7": [0.48, 0.47]}),
+                         str(tmp_path / "seeds.png"))
+  assert (tmp_path / "seeds.png").stat().st_size > 10_000
 
 
 def test_num_params_counts_every_weight_and_bias():

@@ -7,6 +7,11 @@ validation top-1/top-5 (10 crops, section 3), and what the run's own metrics.jso
 step (with the run's eval_crops, often the center crop only). Evaluations are cached per
 (step, split, crops, images) in each workdir (`zf_jax.evaluation`), so rebuilding the table is cheap.
 
+Runs of one variant that differ only in their seed are grouped (`variants`): per variant the mean,
+standard deviation and range of each error over its seeds, and each variant's difference from the
+base variant judged against the seed noise by Welch's two-sided t-test (unequal variances; scipy)
+where both have at least two seeds.
+
 The paper's rows (val error %, arXiv v3), matched to a row by architecture name (the 64-px models
 take the row of their full-size counterpart; an ablation the paper ran only on Krizhevsky's model,
 e.g. removing conv3,4, takes that row and says so). Runs without feature scale clipping get no
@@ -23,6 +28,8 @@ import numpy as np
 
 from zf_jax import checkpoint, evaluation, files, metrics, models
 from zf_jax.analysis import common
+
+SIGNIFICANCE = 0.05  # a difference is beyond the seed noise when Welch's t-test gives p below this
 
 # Table 3 of the paper: arch name -> (row, val top-1 error %, val top-5 error %).
 PAPER = {
@@ -122,7 +129,8 @@ def compute(workdirs: Sequence[str], epoch: float | None = None, train_images: i
 
   Returns:
     {"workdirs", "arch", "change", "paper_row": [V] str ("" where the paper has none);
-     "num_params", "step": int64 [V]; "epoch": float64 [V];
+     "variant": [V] str, the change without the seed ("(base)" for the base's other seeds);
+     "num_params", "step", "seed": int64 [V]; "epoch": float64 [V];
      "train_top1", "val_top1", "val_top5": float64 [V] accuracies (val: 10 crops; train: center crop);
      "train_images": int64 [V], "val_images": int64 [V];
      "metrics_val_top1", "metrics_val_top5": float64 [V] (NaN where the run logged none), "metrics_crops",
@@ -139,9 +147,12 @@ def compute(workdirs: Sequence[str], epoch: float | None = None, train_images: i
     val = evaluation.evaluate_checkpoint(workdir, "val", 10, **options)
     logged = metrics.validation_at(workdir, model.step)
     paper = paper_row(model.arch.name, model.config)
+    unseeded = {**model.config, "seed": loaded[0].config.get("seed")}
     rows.append({
         "workdirs": workdir, "arch": model.arch.name,
         "change": describe_change(loaded[0].arch, model.arch, loaded[0].config, model.config),
+        "variant": describe_change(loaded[0].arch, model.arch, loaded[0].config, unseeded),
+        "seed": int(model.config.get("seed", 0)),
         "paper_row": paper[0] if paper else "", "num_params": num_params(model.params), "step": model.step,
         "epoch": model.epoch, "train_top1": train["top1"], "val_top1": val["top1"], "val_top5": val["top5"],
         "train_images": train["num_images"], "val_images": val["num_images"],
@@ -149,8 +160,10 @@ def compute(workdirs: Sequence[str], epoch: float | None = None, train_images: i
         "metrics_crops": int(model.config.get("eval_crops", 10)), "metrics_step": int(logged.get("step", 0)),
         "paper_val_top1_error": paper[1] if paper else np.nan, "paper_val_top5_error": paper[2] if paper else np.nan})
   rows[0]["change"] = "(base)"
-  strings = ("workdirs", "arch", "change", "paper_row")
-  ints = ("num_params", "step", "train_images", "val_images", "metrics_crops", "metrics_step")
+  for row in rows:
+    row["variant"] = "(base)" if row["variant"] == "none" else row["variant"]
+  strings = ("workdirs", "arch", "change", "variant", "paper_row")
+  ints = ("num_params", "step", "seed", "train_images", "val_images", "metrics_crops", "metrics_step")
   return {key: [r[key] for r in rows] if key in strings else
           np.array([r[key] for r in rows], np.int64 if key in ints else np.float64) for key in rows[0]}
 
@@ -179,7 +192,50 @@ def summary(result: Mapping[str, Any]) -> dict[str, Any]:
         "paper": {"row": result["paper_row"][i], "val_top1_error": float(result["paper_val_top1_error"][i]),
                   "val_top5_error": float(result["paper_val_top5_error"][i])} if has_paper else None})
   return {"table": "Table 3 (section 5.1)", "protocol": "val: 10 crops (corners + center, mirrored), softmax "
-          "averaged; train: center crop of each training image, no augmentation; errors in %", "rows": rows}
+          "averaged; train: center crop of each training image, no augmentation; errors in %", "rows": rows,
+          "variants": variants(result)}
+
+
+ERRORS = ("val_top1_error", "val_top5_error", "train_top1_error")
+
+
+def variants(result: Mapping[str, Any]) -> list[dict[str, Any]]:
+  """The rows grouped by variant (runs that differ only in their seed), in order of first appearance.
+
+  Per variant: its arch, change, seeds, epochs, and per error of `ERRORS` (in %) the mean, the
+  standard deviation over seeds (ddof=1; 0 for one seed) and the min and max. Each variant but the
+  base also gets "vs_base" per error: the difference of means (variant - base, points), the pooled
+  standard deviation of the two groups, and, where both have >= 2 seeds, Welch's t, its two-sided p
+  and whether the difference is beyond the seed noise (p < SIGNIFICANCE); else those are None.
+  """
+  from scipy import stats
+  errors = {key: np.array([_error(a) for a in result[key.removesuffix("_error")]]) for key in ERRORS}
+  order = list(dict.fromkeys(result["variant"]))
+  groups = {v: [i for i, name in enumerate(result["variant"]) if name == v] for v in order}
+  base = groups[result["variant"][0]]
+  out = []
+  for name, members in groups.items():
+    entry = {"variant": name, "arch": result["arch"][members[0]], "n": len(members),
+             "seeds": [int(result["seed"][i]) for i in members], "epochs": [float(result["epoch"][i]) for i in members]}
+    for key in ERRORS:
+      values = errors[key][members]
+      entry[key] = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+                    "min": float(values.min()), "max": float(values.max())}
+    if members is not base:
+      entry["vs_base"] = {}
+      for key in ERRORS:
+        a, b = errors[key][members], errors[key][base]
+        pooled = float(np.sqrt((np.var(a, ddof=1) * (len(a) - 1) + np.var(b, ddof=1) * (len(b) - 1))
+                               / (len(a) + len(b) - 2))) if min(len(a), len(b)) > 1 else None
+        test = stats.ttest_ind(a, b, equal_var=False) if min(len(a), len(b)) > 1 else None
+        if test is not None and not np.isfinite(test.pvalue):  # no spread in either group: no test
+          test = None
+        entry["vs_base"][key] = {
+            "difference": float(a.mean() - b.mean()), "pooled_std": pooled,
+            "welch_t": float(test.statistic) if test else None, "p_value": float(test.pvalue) if test else None,
+            "beyond_seed_noise": bool(test.pvalue < SIGNIFICANCE) if test else None}
+    out.append(entry)
+  return out
 
 
 def plot(result: Mapping[str, Any], path: str) -> None:
@@ -221,14 +277,49 @@ def plot(result: Mapping[str, Any], path: str) -> None:
   files.save_figure(fig, path)
 
 
+def plot_variants(result: Mapping[str, Any], path: str) -> None:
+  """Table 3 over seeds: per variant the mean val top-1 error, its range over seeds and each seed's value,
+  with the difference from the base and Welch's p (where both have >= 2 seeds)."""
+  import matplotlib.pyplot as plt
+  groups = variants(result)
+  fig, ax = plt.subplots(figsize=(max(6.0, 1.8 * len(groups) + 2), 4.5))
+  for i, g in enumerate(groups):
+    stats_ = g["val_top1_error"]
+    ax.bar(i, stats_["mean"], 0.6, color="tab:blue", alpha=0.6)
+    ax.errorbar(i, stats_["mean"], yerr=[[stats_["mean"] - stats_["min"]], [stats_["max"] - stats_["mean"]]],
+                color="black", capsize=6)
+    members = [j for j, v in enumerate(result["variant"]) if v == g["variant"]]
+    ax.plot([i] * len(members), [_error(result["val_top1"][j]) for j in members], "o", color="black", ms=4)
+    vs = g.get("vs_base", {}).get("val_top1_error")
+    note = f"{stats_['mean']:.1f} ± {stats_['std']:.1f}\n(n={g['n']})"
+    if vs:
+      note += f"\n{vs['difference']:+.1f} vs base" + (f", p={vs['p_value']:.2g}" if vs["p_value"] is not None else "")
+    ax.text(i, stats_["max"] + 1, note, ha="center", va="bottom", fontsize=7)
+  ax.set_xticks(range(len(groups)), [f"{g['arch']}\n" + "\n".join(textwrap.wrap(g["variant"], 24)) for g in groups],
+                fontsize=7)
+  ax.set_ylabel("val top-1 error % (10 crops)")
+  ax.set_ylim(0, 100)
+  ax.set_title("Table 3 over seeds: mean, range and each seed; Welch's t-test against the base", fontsize=10)
+  ax.grid(axis="y", alpha=0.3)
+  fig.tight_layout()
+  files.save_figure(fig, path)
+
+
 def run(workdirs: Sequence[str], options: Mapping[str, Any], out: str) -> common.Section:
   """`visualize.py ablation`: Table 3 from `workdirs` (the first is the base), written into `out`."""
   if options["train_images"] is not None and options["train_images"] < 1:
     raise ValueError(f"--train_images={options['train_images']} is not allowed; allowed: an int >= 1 (or unset: all "
                      "training images)")
   result = compute(workdirs, options["epoch"], options["train_images"], options["batch_size"], options["data_dir"])
+  figures = {"ablation.png": functools.partial(plot, result)}
+  seeded = len(set(result["variant"])) < len(result["variant"])  # some variant has several seeds
+  if seeded:
+    figures["ablation_seeds.png"] = functools.partial(plot_variants, result)
   return common.write_section(
-      summary(result), {"ablation.png": functools.partial(plot, result)}, out, "ablation", "Table 3: ablations",
+      summary(result), figures, out, "ablation", "Table 3: ablations",
       "Per trained variant: its change from the first (base) row, parameters, the epoch of the checkpoint, train "
       "top-1 error (center crops of the training images, no augmentation), val top-1/top-5 error (10 crops), the "
-      "run's own logged val error (its eval crops), and the paper's row (ImageNet, %).")
+      "run's own logged val error (its eval crops), and the paper's row (ImageNet, %)."
+      + (" Runs that differ only in their seed are grouped: mean ± std and range over seeds, and each variant's "
+         "difference from the base against the seed noise (Welch's two-sided t-test, p < "
+         f"{SIGNIFICANCE})." if seeded else ""))
