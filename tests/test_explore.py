@@ -287,3 +287,18 @@ def test_serve_in_the_background_warns_off_loopback_and_refuses_a_busy_port(sess
   exposed = web.serve(session, host="0.0.0.0", port=0)
   exposed.stop()
   assert "no authentication" in capsys.readouterr().err
+
+
+def test_the_other_rules_compile_in_the_background_and_clicks_then_compile_nothing(session, monkeypatch):
+  """serve() compiles the deconvnet rule before it serves, guided and saliency in a thread while it serves."""
+  from zf_jax import deconv
+  deconv._project_units.clear_cache()  # what earlier tests compiled is gone
+  uploads = list(session._uploads)
+  session.warm_up_in_background(("guided",)).join(timeout=300)
+  assert list(session._uploads) == uploads  # its blank image is gone again
+  traced = []
+  windowed = deconv._project_windowed
+  monkeypatch.setattr(deconv, "_project_windowed", lambda *args: traced.append(1) or windowed(*args))
+  for layer in ("conv1", "conv5"):
+    session.project("sample:coffee", layer, 3, rule="guided")
+  assert traced == []  # every layer's guided projection was traced (and compiled) by the warm-up

@@ -31,7 +31,8 @@ def serve(loaded: checkpoint.Loaded, data: datasets.Dataset | None = None, host:
       URL and serve until Ctrl-C.
     cache_dir: where the top-9 scan is cached (default ~/.cache/zf_jax/explore).
     scan_images: scan only the first N images of `data`.
-    warm_up: compile the jitted functions first (`Session.warm_up`; the seconds are printed to stderr).
+    warm_up: compile the jitted functions first (`Session.warm_up`: the deconvnet rule and occlusion; the seconds
+      are printed to stderr), then the guided and saliency rules in the background while serving.
 
   Returns:
     The URL (a str with `.stop()`).
@@ -39,6 +40,7 @@ def serve(loaded: checkpoint.Loaded, data: datasets.Dataset | None = None, host:
   session = Session(loaded, data, cache_dir=cache_dir, scan_images=scan_images)
   if warm_up:
     print(f"explore: compiled in {session.warm_up():.1f} s", file=sys.stderr, flush=True)
+    session.warm_up_in_background()
   return web.serve(session, host, port, background)
 
 

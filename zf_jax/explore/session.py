@@ -356,21 +356,32 @@ class Session:
         "images": [f"data:{int(i)}" for i in image], "y": y, "x": x, "boxes": boxes,
         "classes": [self.class_names[c] if c < len(self.class_names) else str(c) for c in labels]})
 
-  def warm_up(self) -> float:
-    """Compiles the jitted functions for this model's shapes (forward, every layer's projection with the
-    deconvnet rule, occlusion) on a blank image; returns the seconds it took."""
+  def warm_up(self, rules: tuple[str, ...] = ("deconvnet",), occlusion: bool = True) -> float:
+    """Compiles the jitted functions for this model's shapes on a blank image: the forward pass, every
+    layer's projection with each of `rules`, and (with `occlusion`) the occlusion map; returns the seconds."""
     start = time.perf_counter()
     blank = f"upload:{secrets.token_hex(8)}"
-    self._uploads[blank] = np.zeros((self.image_size, self.image_size, 3), np.uint8)
+    with self.device:
+      self._uploads[blank] = np.zeros((self.image_size, self.image_size, 3), np.uint8)
     try:
       self.image(blank)
-      for layer in self.layers:
-        self.project(blank, layer, 0)
-      self.occlusion(blank)
+      for rule in rules:
+        for layer in self.layers:
+          self.project(blank, layer, 0, rule=rule)
+      if occlusion:
+        self.occlusion(blank)
     finally:
-      self._uploads.pop(blank, None)
-      self._traces.pop(blank, None)
+      with self.device:
+        self._uploads.pop(blank, None)
+        self._traces.pop(blank, None)
     return time.perf_counter() - start
+
+  def warm_up_in_background(self, rules: tuple[str, ...] = ("guided", "saliency")) -> threading.Thread:
+    """Compiles the projections of `rules` in a daemon thread, so their first click does not wait for XLA;
+    requests in the meantime are served between its compilations (each holds the device lock alone)."""
+    thread = threading.Thread(target=self.warm_up, args=(rules, False), daemon=True, name="zf_jax-explore-warm-up")
+    thread.start()
+    return thread
 
 
 class _Counted:
