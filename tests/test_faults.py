@@ -215,3 +215,36 @@ def test_a_kill_in_the_middle_of_a_write_leaves_the_old_file_or_folder_whole(tmp
     with files.staged(str(target)) as stage:  # the next write removes the killed run's staging folder
       open(os.path.join(stage, "filters.png"), "w").write("new")
     assert sorted(os.listdir(tmp_path)) == ["figures"] and (target / "filters.png").read_text() == "new"
+
+
+def _small_tmpfs(path) -> bool:
+  """Mounts a 450 kB tmpfs at `path` (room for one smoke checkpoint, not two); False where that is not allowed."""
+  os.makedirs(path, exist_ok=True)
+  return subprocess.run(["mount", "-t", "tmpfs", "-o", "size=450k", "tmpfs", str(path)],
+                        capture_output=True).returncode == 0
+
+
+@pytest.mark.slow
+def test_a_full_disk_ends_in_one_line_naming_the_step_and_the_run_resumes_once_there_is_room(tmp_path):
+  disk = tmp_path / "disk"
+  if not _small_tmpfs(disk):
+    pytest.skip("needs to mount a small tmpfs (root)")
+  try:
+    workdir = disk / "run"
+    command = [sys.executable, "train.py", "--config=configs/smoke.py", f"--workdir={workdir}"]
+    run = subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    errors = _errors(run.stderr)
+    assert run.returncode == 1 and len(errors) == 1 and "Traceback" not in run.stderr, run.stderr[-3000:]
+    assert "failed (No space left on device)" in errors[0] and "allowed: a writable checkpoints folder with free space" \
+        in errors[0], errors[0]
+    kept = checkpoint.list_steps(str(workdir))
+    assert kept and f"the checkpoints of steps {kept} are kept" in errors[0], (kept, errors[0])
+    assert f"saving checkpoint {kept[-1] + 2} " in errors[0], errors[0]  # the step after the last kept (every 2)
+    subprocess.run(["mount", "-o", "remount,size=8M", str(disk)], check=True)
+    run = subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], "val_top1" in r) for r in lines] == [(2, False), (4, False), (4, True), (6, False),
+                                                            (8, False), (8, True)]
+  finally:
+    subprocess.run(["umount", str(disk)], capture_output=True)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
 import logging
 import os
@@ -87,6 +88,7 @@ class Manager:
         preservation_policy=policy, cleanup_tmp_directories=True))
     self._saving: int | None = None
     self._failed = False
+    _drop_closed_loop_reports()  # a failed save (a full disk) leaves tensorstore's callbacks on a closed loop too
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -99,12 +101,13 @@ class Manager:
                  extras=ocp.args.StandardSave(dict(extras)), meta=ocp.args.JsonSave(dict(meta)))
     if data is not None:
       items["data"] = grain.checkpoint.CheckpointSave(data)
+    self.wait()  # the previous save's failure (a full disk while it finished) is reported as that step's
     self._saving = step
     try:
       # Orbax blocks for its whole timeout (10 minutes) when it cannot make the step's folder: fail first.
       probe_writable(str(self._manager.directory))
       self._manager.save(step, args=ocp.args.Composite(**items))
-    except Exception as e:  # the previous (asynchronous) save failed, or this one could not start
+    except Exception as e:  # this save could not start
       raise self._save_error(e) from None
 
   def has_data(self, step: int) -> bool:
@@ -147,9 +150,16 @@ class Manager:
   def _save_error(self, error: Exception) -> SaveError:
     self._failed = True
     directory = str(self._manager.directory)
-    kept = [s for s in self._manager.all_steps() if s != self._saving] if os.path.isdir(directory) else []
+    # The complete checkpoints orbax knows of, and those on disk (orbax names a step's folder once it is
+    # finalized; its list can lag behind a save that failed in finalizing).
+    on_disk = {int(n) for n in os.listdir(directory) if n.isdigit()} if os.path.isdir(directory) else set()
+    kept = sorted((set(self._manager.all_steps()) | on_disk) - {self._saving})
     first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return SaveError(f"saving checkpoint {self._saving} in {directory} failed ({type(error).__name__}: {first[:300]}); "
+    # A full disk, as Python (ENOSPC) or tensorstore (RESOURCE_EXHAUSTED, the path before the reason) says it.
+    full = (isinstance(error, OSError) and error.errno == errno.ENOSPC) or "No space left on device" in str(error) \
+        or str(error).startswith("RESOURCE_EXHAUSTED: Error writing")
+    cause = "No space left on device" if full else f"{type(error).__name__}: {first[:300]}"
+    return SaveError(f"saving checkpoint {self._saving} in {directory} failed ({cause}); "
                      f"{f'the checkpoints of steps {kept} are kept' if kept else 'no checkpoint is kept'}; allowed: "
                      "a writable checkpoints folder with free space (then run the same command to resume)")
 
@@ -201,11 +211,11 @@ def _unreadable(directory: str, step: int | None, error: Exception) -> ValueErro
 
 
 def _drop_closed_loop_reports() -> None:
-  """orbax closes its event loop at the first failed read of a restore; tensorstore's other reads of that
-  restore then each report RuntimeError("Event loop is closed"), through sys.unraisablehook or printed via
-  sys.excepthook from their callback threads: a traceback apiece after our error line. Drops exactly
-  those reports from both hooks (installed once, before the first restore, since the reports race with
-  the failure; every other report goes to the previous hook)."""
+  """orbax closes its event loop at the first failed read of a restore (or write of a save); tensorstore's
+  other reads (writes) then each report RuntimeError("Event loop is closed"), through sys.unraisablehook or
+  printed via sys.excepthook from their callback threads: a traceback apiece after our error line. Drops
+  exactly those reports from both hooks (installed once, before the first restore or save, since the
+  reports race with the failure; every other report goes to the previous hook)."""
   def closed_loop(exc: BaseException | None) -> bool:
     return isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
 

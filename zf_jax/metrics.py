@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import tensorboardX
 from absl import logging
@@ -93,8 +93,18 @@ class Writer:
 
   def flush(self) -> None:
     if self._enabled:
-      self._tb.flush()
+      self._tensorboard(self._tb.flush)
 
   def close(self) -> None:
     if self._enabled:
-      self._tb.close()
+      self._tensorboard(self._tb.close)
+
+  def _tensorboard(self, call: Callable[[], None]) -> None:
+    """Flushes or closes the event files; a failure there (a full disk) is a warning, not the run's error:
+    metrics.jsonl holds every value, and an error already on its way (a failed checkpoint save) stays the one
+    reported."""
+    try:
+      call()
+    except OSError as e:
+      logging.warning("%s: the TensorBoard event files could not be written (%s); %s holds every value",
+                      os.path.join(os.path.dirname(self._path), TENSORBOARD_DIR), e.strerror or e, METRICS_FILE)
