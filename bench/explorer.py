@@ -38,9 +38,16 @@ TARGETS_MS = {("project", 50): 100.0, ("project", 99): 300.0, ("grid", 50): 150.
 NUM_PHOTOS = 8
 
 
+SHIPPED = "zfnet64-tiny-imagenet-100"
+
+
 def _serve(name: str) -> None:
-  """The server process: NAME with random weights, warmed up, on a free port of 127.0.0.1 (URL on stdout)."""
-  from zf_jax import checkpoint, data, explore
+  """The server process: NAME, a shipped model (`zf_jax.pretrained`) or an architecture with random weights,
+  warmed up, on a free port of 127.0.0.1 (URL on stdout)."""
+  from zf_jax import checkpoint, data, explore, pretrained
+  if name in pretrained.available():
+    explore.serve(pretrained.load_model(name), port=0, background=False)
+    return
   arch, params, _ = common.model(name, 1, num_classes=100)
   size = data.image_size_for(arch)
   loaded = checkpoint.Loaded(arch=arch, params=params, mean_image=np.full((size, size, 3), 110.0, np.float32),
@@ -99,8 +106,8 @@ def _request(rng: np.random.Generator, photos: list[str], shapes: dict[str, tupl
 
 def load_test(name: str, clients: int, requests: int, first: int) -> dict[str, Any]:
   """Starts the server for `name`, runs `clients` x `requests` requests; latencies, errors and RSS."""
-  from zf_jax import models
-  arch = models.get_arch(name)
+  from zf_jax import models, pretrained
+  arch = pretrained.load(name)[0] if name in pretrained.available() else models.get_arch(name)
   shapes = {layer: shape for layer, shape in arch.shapes().items() if layer in arch.activation_names[:-1]}
   with tempfile.TemporaryFile("w+") as log:
     server = subprocess.Popen([sys.executable, "-m", "bench.explorer", "--serve", name], cwd=ROOT,
@@ -164,7 +171,8 @@ def rows(name: str, result: dict[str, Any], config: str) -> list[dict[str, Any]]
 
 def bench_model(name: str, clients: int, requests: int, first: int) -> list[dict[str, Any]]:
   result = load_test(name, clients, requests, first)
-  config = f"{clients} clients x {requests} requests, {NUM_PHOTOS} uploaded photos, random weights"
+  weights = "the shipped model" if name == SHIPPED else "random weights"
+  config = f"{clients} clients x {requests} requests, {NUM_PHOTOS} uploaded photos, {weights}"
   for kind, seconds in result["times"].items():
     print(f"[explorer] {name} {kind}: p50 {1000 * np.percentile(seconds, 50):.0f} ms, "
           f"p99 {1000 * np.percentile(seconds, 99):.0f} ms ({len(seconds)})", flush=True)
@@ -174,10 +182,10 @@ def bench_model(name: str, clients: int, requests: int, first: int) -> list[dict
 
 
 def run(quick: bool = False) -> list[dict[str, Any]]:
-  """zfnet64 (the shipped model's size), then ZF at 224 px."""
+  """The shipped 64-px model, then ZF at 224 px with random weights (issue 21)."""
   if quick:
     return bench_model("zfnet64", 2, 15, 10)
-  return bench_model("zfnet64", 4, 250, 100) + bench_model("zfnet", 4, 250, 100)
+  return bench_model(SHIPPED, 4, 250, 100) + bench_model("zfnet", 4, 250, 100)
 
 
 def main() -> None:

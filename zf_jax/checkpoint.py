@@ -213,17 +213,22 @@ def _unreadable(directory: str, step: int | None, error: Exception) -> ValueErro
 def _drop_closed_loop_reports() -> None:
   """orbax closes its event loop at the first failed read of a restore (or write of a save); tensorstore's
   other reads (writes) then each report RuntimeError("Event loop is closed"), through sys.unraisablehook or
-  printed via sys.excepthook from their callback threads: a traceback apiece after our error line. Drops
+  printed via sys.excepthook from their callback threads: a traceback apiece after our error line; and the
+  failed restore's other orbax coroutines report their own read errors when they are collected. Drops
   exactly those reports from both hooks (installed once, before the first restore or save, since the
   reports race with the failure; every other report goes to the previous hook)."""
   def closed_loop(exc: BaseException | None) -> bool:
     return isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
 
+  def orbax_coroutine(obj: Any) -> bool:  # a read of the failed restore, its error reported when it is collected
+    code = getattr(obj, "cr_code", None)
+    return code is not None and "/orbax/" in code.co_filename
+
   if not getattr(sys.unraisablehook, "zf_jax_closed_loop_filter", False):
     previous_unraisable = sys.unraisablehook
 
     def unraisable_hook(unraisable: Any) -> None:
-      if not closed_loop(unraisable.exc_value):
+      if not (closed_loop(unraisable.exc_value) or orbax_coroutine(unraisable.object)):
         previous_unraisable(unraisable)
     unraisable_hook.zf_jax_closed_loop_filter = True
     sys.unraisablehook = unraisable_hook
