@@ -235,8 +235,8 @@ def test_a_full_disk_ends_in_one_line_naming_the_step_and_the_run_resumes_once_t
     run = subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
     errors = _errors(run.stderr)
     assert run.returncode == 1 and len(errors) == 1 and "Traceback" not in run.stderr, run.stderr[-3000:]
-    assert "failed (No space left on device)" in errors[0] and "allowed: a writable checkpoints folder with free space" \
-        in errors[0], errors[0]
+    assert "failed (No space left on device)" in errors[0], errors[0]
+    assert "allowed: a writable checkpoints folder with free space" in errors[0], errors[0]
     kept = checkpoint.list_steps(str(workdir))
     assert kept and f"the checkpoints of steps {kept} are kept" in errors[0], (kept, errors[0])
     assert f"saving checkpoint {kept[-1] + 2} " in errors[0], errors[0]  # the step after the last kept (every 2)
