@@ -29,12 +29,16 @@ class TooManyPixels(ValueError):
   """An image whose header declares more than MAX_IMAGE_PIXELS pixels (refused before it is decoded)."""
 
 
+def _too_many(name: str, pixels: str) -> TooManyPixels:
+  return TooManyPixels(f"image={name!r} is {pixels} pixels; allowed: at most {MAX_IMAGE_PIXELS} pixels "
+                       "(a decompression bomb, or a photo to downscale first)")
+
+
 def check_image_pixels(width: int, height: int, name: str) -> None:
   """Raises TooManyPixels if a width x height image (named `name`) has more than MAX_IMAGE_PIXELS pixels; call
   it with the size an image file's header declares, before decoding it (any upload endpoint too)."""
   if width * height > MAX_IMAGE_PIXELS:
-    raise TooManyPixels(f"image={name!r} is {width} x {height} = {width * height} pixels; allowed: at most "
-                        f"{MAX_IMAGE_PIXELS} pixels (a decompression bomb, or a photo to downscale first)")
+    raise _too_many(name, f"{width} x {height} = {width * height}")
 
 
 @contextlib.contextmanager
@@ -47,8 +51,7 @@ def open_image(source: str | BinaryIO, name: str) -> Iterator[Image.Image]:
       opened = Image.open(source)
   except Image.DecompressionBombError as e:  # PIL's own limit (2 x 89 M pixels) is met while opening
     pixels = re.search(r"\((\d+) pixels\)", str(e))
-    raise TooManyPixels(f"image={name!r} is {pixels[1] if pixels else 'too many'} pixels; allowed: at most "
-                        f"{MAX_IMAGE_PIXELS} pixels (a decompression bomb, or a photo to downscale first)") from None
+    raise _too_many(name, pixels[1] if pixels else "too many") from None
   with opened as image:
     check_image_pixels(*image.size, name)
     yield image
@@ -83,15 +86,15 @@ def pil_to_rgb(image: Image.Image) -> np.ndarray:
   return np.asarray(image.convert("RGB"))
 
 
-def decode(encoded: bytes, size: int | None = None, name: str = "an encoded image") -> np.ndarray:
+def decode(encoded: bytes, size: int | None = None) -> np.ndarray:
   """JPEG/PNG bytes -> uint8 [H, W, 3].
 
   With `size`, a JPEG at least twice as large is decoded at 1/2, 1/4 or 1/8 scale (PIL's draft mode:
   the inverse DCT does the reduction, several times faster than a full decode), keeping its
   smallest side >= size for the resize that follows; other formats decode at full size. An image of
-  more than MAX_IMAGE_PIXELS pixels is refused (TooManyPixels, naming `name`) before it is decoded.
+  more than MAX_IMAGE_PIXELS pixels is refused (TooManyPixels) before it is decoded.
   """
-  with open_image(io.BytesIO(encoded), name) as image:
+  with open_image(io.BytesIO(encoded), "an encoded image") as image:
     if size is not None:
       scale = size / min(image.size)
       image.draft("RGB", (math.ceil(image.size[0] * scale), math.ceil(image.size[1] * scale)))
