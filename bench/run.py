@@ -1,7 +1,8 @@
 """Runs every benchmark in one process and rewrites the results table of bench/RESULTS.md.
 
-  python -m bench.run            # everything (under 10 minutes on 2 CPU cores); rewrites the table
+  python -m bench.run            # everything (about 30 minutes on 2 idle CPU cores); rewrites the table
   python -m bench.run --quick    # tiny sizes, to check the scripts; prints, writes nothing
+  python -m bench.run --only train_step   # replaces those rows only; the table keeps the others and their run's line
 
 Every figure is a ratio against a baseline measured in the same run, on the same machine, with the
 same weights: Captum 0.9 / PyTorch for projections, occlusion and training; zf_jax's own forward pass
@@ -10,6 +11,7 @@ for the projection-vs-forward and scan figures. bench/results.json keeps the raw
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -46,17 +48,22 @@ def _number(value: float) -> str:
   return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
 
 
-def table(env: dict[str, Any], rows: list[dict[str, Any]], command: str, seconds: float) -> str:
-  """The generated part of RESULTS.md: when, where, with what, and the numbers."""
-  lines = [
-      BEGIN,
-      f"- Date: {env['date']}; command: `{command}` ({seconds / 60:.1f} min in all)",
-      f"- Machine: {env['cpu']}, {env['cores']} cores; JAX devices: {env['jax_devices']}; GPU: {env['gpu']}",
-      f"- Versions: Python {env['python']}, jax {env['jax']} (jaxlib {env['jaxlib']}), optax {env['optax']}, "
+def _run_lines(run: dict[str, Any]) -> list[str]:
+  env, names = run["environment"], ", ".join(run["benchmarks"])
+  return [
+      f"- Date: {env['date']}; command: `{run['command']}` ({run['seconds'] / 60:.1f} min in all); rows: {names}",
+      f"  - Machine: {env['cpu']}, {env['cores']} cores; JAX devices: {env['jax_devices']}; GPU: {env['gpu']}",
+      f"  - Versions: Python {env['python']}, jax {env['jax']} (jaxlib {env['jaxlib']}), optax {env['optax']}, "
       f"numpy {env['numpy']}, torch {env['torch']}, captum {env['captum']}; torch threads {env['torch_threads']}, "
-      f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}",
-      f"- Load average (1 / 5 / 15 min) at the start: {env['load_average']}; at the end: {env['load_average_end']} "
+      f"OMP_WAIT_POLICY={env.get('omp_wait_policy', os.environ.get('OMP_WAIT_POLICY'))}",
+      f"  - Load average (1 / 5 / 15 min) at the start: {env['load_average']}; at the end: {env['load_average_end']} "
       "(other jobs on the machine make every figure noisy; ratios come from the same minutes)",
+  ]
+
+
+def table(runs: list[dict[str, Any]], rows: list[dict[str, Any]]) -> str:
+  """The generated part of RESULTS.md: each run (when, where, with what, which rows), and the numbers."""
+  lines = [BEGIN] + [line for run in runs for line in _run_lines(run)] + [
       "",
       "| Benchmark | Model | Setting | Metric | zf_jax | Baseline | Baseline value | Ratio | Goal | Met | Note |",
       "|---|---|---|---|---|---|---|---|---|---|---|",
@@ -68,6 +75,26 @@ def table(env: dict[str, Any], rows: list[dict[str, Any]], command: str, seconds
                  f"{r['baseline_name']} | {_number(r['baseline'])} | {r['ratio']:.2f} | {goal} | {met} | {r['note']} |")
   lines.append(END)
   return "\n".join(lines)
+
+
+def merge(previous: dict[str, Any], run: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
+  """results.json after `run`: its rows replace those of the benchmarks it ran; the others are kept with their run.
+
+  Args:
+    previous: the last results.json ({} when there is none; a file of one run without "runs" is read as one).
+    run: {"environment", "command", "seconds", "benchmarks": names run}.
+    rows: the run's rows.
+  """
+  runs = previous.get("runs")
+  if runs is None and previous.get("results"):
+    names = sorted({r["benchmark"] for r in previous["results"]}, key=list(BENCHMARKS).index)
+    runs = [{k: previous[k] for k in ("environment", "command", "seconds")} | {"benchmarks": names}]
+  replaced = set(run["benchmarks"])
+  kept_runs = [dict(r, benchmarks=[b for b in r["benchmarks"] if b not in replaced]) for r in runs or []]
+  kept_rows = [r for r in previous.get("results", []) if r["benchmark"] not in replaced]
+  order = list(BENCHMARKS).index
+  return {"runs": [r for r in kept_runs if r["benchmarks"]] + [run],
+          "results": sorted(kept_rows + rows, key=lambda r: order(r["benchmark"]))}
 
 
 def write_results(path: str, block: str) -> None:
@@ -95,14 +122,20 @@ def main() -> None:
     rows += BENCHMARKS[name].run(quick=args.quick)
   seconds = time.perf_counter() - start
   env["load_average_end"] = common.load_average()
+  env["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY")
   command = "python -m bench.run" + (" --quick" if args.quick else "") + (
       f" --only {' '.join(args.only)}" if args.only else "")
-  block = table(env, rows, command, seconds)
-  print(block)
+  run = {"environment": env, "command": command, "seconds": seconds, "benchmarks": list(args.only or BENCHMARKS)}
+  results_path = os.path.join(HERE, "results.json")
+  previous = {}
+  if args.only and os.path.exists(results_path):
+    with open(results_path) as f:
+      previous = json.load(f)
+  results = merge(previous, run, rows)
+  print(table([run], rows))
   if not args.quick:
-    save_json({"environment": env, "command": command, "seconds": seconds, "results": rows},
-              os.path.join(HERE, "results.json"))
-    write_results(os.path.join(HERE, "RESULTS.md"), block)
+    save_json(results, results_path)
+    write_results(os.path.join(HERE, "RESULTS.md"), table(results["runs"], results["results"]))
 
 
 if __name__ == "__main__":

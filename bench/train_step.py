@@ -9,6 +9,7 @@ under `torch.compile` (the model; the optimizer and clipping stay eager).
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 from collections.abc import Callable
@@ -47,8 +48,19 @@ def torch_step(model: torch.nn.Module, forward: Callable[[torch.Tensor], torch.T
   return step
 
 
-def bench_model(name: str, batch: int, repeats: int, compile_torch: bool) -> list[dict[str, Any]]:
-  """img/s of one step on `name` at `batch`: zf_jax vs PyTorch eager (and compiled)."""
+@dataclasses.dataclass
+class Setup:
+  """One model's step in both frameworks, ready to call; `compiled` only when asked for."""
+  zf_jax: Callable[[], jax.Array]
+  eager: Callable[[], torch.Tensor]
+  compiled: Callable[[], torch.Tensor] | None
+  hlo_text: str
+  config: str
+  note: str
+
+
+def setup(name: str, batch: int, compile_torch: bool = False) -> Setup:
+  """The step of `name` at `batch` in zf_jax and PyTorch on the same weights, images and labels."""
   num_classes = NUM_CLASSES[name]
   arch, params, images = common.model(name, batch, num_classes=num_classes)
   labels = np.random.default_rng(0).integers(0, num_classes, batch).astype(np.int32)
@@ -58,6 +70,7 @@ def bench_model(name: str, batch: int, repeats: int, compile_torch: bool) -> lis
   state = {"params": jax.tree.map(jnp.array, params)}
   state["opt"] = tx.init(state["params"])
   jimages, jlabels, key = jnp.asarray(images), jnp.asarray(labels), jax.random.key(0)
+  hlo_text = step.lower(state["params"], state["opt"], jimages, jlabels, jnp.int32(0), key).compile().as_text()
 
   def ours() -> jax.Array:
     state["params"], state["opt"], out = step(state["params"], state["opt"], jimages, jlabels, jnp.int32(0), key)
@@ -66,25 +79,31 @@ def bench_model(name: str, batch: int, repeats: int, compile_torch: bool) -> lis
   model = torch_models.build(arch, params).train()
   timgs, tlabels = torch_models.to_nchw(images), torch.from_numpy(labels).long()
   eager = torch_step(model, model, torch.optim.SGD(model.parameters(), lr=1e-2, momentum=0.9))
-  fns = {"zf_jax": ours, "eager": lambda: eager(timgs, tlabels)}
-  note = ""
+  compiled, note = None, ""
   if compile_torch:
     compiled_model = torch_models.build(arch, params).train()
-    compiled = torch_step(compiled_model, torch.compile(compiled_model),
-                          torch.optim.SGD(compiled_model.parameters(), lr=1e-2, momentum=0.9))
+    compiled_step = torch_step(compiled_model, torch.compile(compiled_model),
+                               torch.optim.SGD(compiled_model.parameters(), lr=1e-2, momentum=0.9))
     start = time.perf_counter()
-    compiled(timgs, tlabels)
+    compiled_step(timgs, tlabels)
     note = f"first compiled step {time.perf_counter() - start:.0f} s (inductor's cache may hold earlier runs)"
-    fns["compiled"] = lambda: compiled(timgs, tlabels)
-  times = common.timeit(fns, repeats, warmup=2)
+    compiled = lambda: compiled_step(timgs, tlabels)
   cfg = f"batch {batch}, {arch.input_size} px, {num_classes} classes, SGD momentum 0.9 + filter RMS clipping"
+  return Setup(ours, lambda: eager(timgs, tlabels), compiled, hlo_text, cfg, note)
+
+
+def bench_model(name: str, batch: int, repeats: int, compile_torch: bool) -> list[dict[str, Any]]:
+  """img/s of one step on `name` at `batch`: zf_jax vs PyTorch eager (and compiled)."""
+  s = setup(name, batch, compile_torch)
+  fns = {"zf_jax": s.zf_jax, "eager": s.eager} | ({"compiled": s.compiled} if s.compiled else {})
+  times = common.timeit(fns, repeats, warmup=2)
   ours_rate = batch / times["zf_jax"]
-  rows = [common.row("train_step", name, "img/s", ours_rate, batch / times["eager"], "PyTorch eager", 1.0, cfg)]
-  if compile_torch:
+  rows = [common.row("train_step", name, "img/s", ours_rate, batch / times["eager"], "PyTorch eager", 1.0, s.config)]
+  if s.compiled:
     rows.append(common.row("train_step", name, "img/s", ours_rate, batch / times["compiled"],
-                           "PyTorch torch.compile (model)", 1.0, cfg, note))
+                           "PyTorch torch.compile (model)", 1.0, s.config, s.note))
   print(f"[train_step] {name}: " + ", ".join(f"{k} {batch / t:.1f} img/s" for k, t in times.items())
-        + (f"; {note}" if note else ""), flush=True)
+        + (f"; {s.note}" if s.note else ""), flush=True)
   return rows
 
 

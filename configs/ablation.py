@@ -32,14 +32,15 @@ configs/ablation_runs.sh, which runs them one after another in this order, nice'
       These two are Table 3's depth rows at convergence: configs/reference.py's budget and stopping rule.
       The script starts each from a copy of its 10-epoch run's workdir, whose 10 epochs it shares.
   Issue 23, seeds 1 and 2 of the three converged rows (`bash configs/ablation_runs.sh seeds`), the same
-  options plus the seed; each starts from a copy of its 10-epoch run where there is one, else fresh
-  (about 2 h each on this machine's 2 cores, 150 img/s):
-  ablation-seed1-converged       zfnet64                (the same options) --config.seed=1
-  ablation-no-fc67-seed1-converged  zfnet64-no-fc67     (the same options) --config.seed=1
+  options plus the seed; each starts from a copy of its 10-epoch run where there is one, else fresh;
+  cheapest first (on this machine's 2 cores: the 4-layer net ~560 img/s, about 1 h; no-fc67 ~340 img/s;
+  the base ~160-250 img/s, 2-3 h):
   ablation-no-conv34-fc67-seed1-converged  zfnet64-no-conv34-fc67  (the same options) --config.seed=1
-  ablation-seed2-converged       zfnet64                (the same options) --config.seed=2
-  ablation-no-fc67-seed2-converged  zfnet64-no-fc67     (the same options) --config.seed=2
   ablation-no-conv34-fc67-seed2-converged  zfnet64-no-conv34-fc67  (the same options) --config.seed=2
+  ablation-no-fc67-seed1-converged  zfnet64-no-fc67     (the same options) --config.seed=1
+  ablation-no-fc67-seed2-converged  zfnet64-no-fc67     (the same options) --config.seed=2
+  ablation-seed1-converged       zfnet64                (the same options) --config.seed=1
+  ablation-seed2-converged       zfnet64                (the same options) --config.seed=2
 
 Then (10-crop validation and the train error are computed from the checkpoints, cached in each workdir):
 

@@ -7,6 +7,7 @@ import io
 import json
 import os
 import struct
+import threading
 import zlib
 
 import jax
@@ -140,6 +141,23 @@ def test_occlusion_is_figure7_exact_mode(session):
   assert png(view.png).shape == (56, 56 * 2 + 2, 3)
 
 
+def test_a_click_does_not_wait_for_an_occlusion_map(session, monkeypatch):
+  session.project("sample:chelsea", "conv2", 0)  # compiled and the trace kept: the click below is short
+  answered = []
+  maps = session_lib.occlusion.occlusion_maps
+
+  def occlusion_maps_with_a_click_inside(*args, **kwargs):  # a click arrives while the map is computed
+    click = threading.Thread(target=lambda: answered.append(session.project("sample:chelsea", "conv2", 1)))
+    click.start()
+    click.join(timeout=60)  # under one lock for both, the click would wait until this map returned
+    answered.append("joined")
+    return maps(*args, **kwargs)
+
+  monkeypatch.setattr(session_lib.occlusion, "occlusion_maps", occlusion_maps_with_a_click_inside)
+  session.occlusion("sample:chelsea", 3)
+  assert len(answered) == 2 and answered[1] == "joined" and answered[0].data["unit"][0] == 1
+
+
 def test_filters_view(session):
   view = session.filters()
   assert view.data["num_filters"] == 48 and view.data["kernel_size"] == 7
@@ -185,6 +203,7 @@ def test_every_route_answers(client, session):
   info = client.get("/api/info").json()
   assert info["layers"] == ["conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7"]
   assert len(info["classes"]) == 100 and info["data"]["size"] == 12
+  assert info["compiling"]["state"] in ("compiling", "done", "failed")
   photo = np.asarray(Image.fromarray(np.uint8(np.random.default_rng(0).integers(0, 255, (90, 120, 3)))))
   image = client.post("/api/upload", content=encoded(photo, "JPEG")).json()["image"]
   assert image.startswith("upload:")
@@ -289,12 +308,45 @@ def test_serve_in_the_background_warns_off_loopback_and_refuses_a_busy_port(sess
   assert "no authentication" in capsys.readouterr().err
 
 
+def test_the_server_answers_a_click_while_an_occlusion_map_computes(session, monkeypatch):
+  import urllib.request
+
+  from zf_jax.explore import web
+  started, occluded = threading.Event(), threading.Event()
+
+  def slow_occlusion(image_id, label=None):  # holds whatever lock the server runs occlusion views under
+    started.set()
+    occluded.wait(30)
+    occluded.set()
+    return session_lib.View(b"", {"image": image_id})
+
+  monkeypatch.setattr(session, "occlusion", slow_occlusion)
+  session.project("sample:chelsea", "conv2", 0)  # compiled: the click below is short
+  url = web.serve(session, port=0)
+  occlusion = threading.Thread(
+      target=lambda: urllib.request.urlopen(f"{url}api/occlusion?image=sample:chelsea&format=json", timeout=60).read())
+  try:
+    occlusion.start()
+    assert started.wait(60)  # the occlusion view is computing
+    with urllib.request.urlopen(f"{url}api/project?image=sample:chelsea&layer=conv2&channel=1&format=json",
+                                timeout=60) as r:
+      assert json.loads(r.read())["unit"][0] == 1
+    assert not occluded.is_set()  # answered before the occlusion map was done
+  finally:
+    occluded.set()
+    occlusion.join(timeout=60)
+    url.stop()
+
+
 def test_the_other_rules_compile_in_the_background_and_clicks_then_compile_nothing(session, monkeypatch):
   """serve() compiles the deconvnet rule before it serves, guided and saliency in a thread while it serves."""
   from zf_jax import deconv
   deconv._project_units.clear_cache()  # what earlier tests compiled is gone
   uploads = list(session._uploads)
-  session.warm_up_in_background(("guided",)).join(timeout=300)
+  thread = session.warm_up_in_background(("guided",))
+  assert session.compiling["state"] == "compiling" and session.compiling["rules"] == ["guided"]
+  thread.join(timeout=300)
+  assert session.compiling["state"] == "done" and session.compiling["seconds"] > 0  # api/info shows it
   assert list(session._uploads) == uploads  # its blank image is gone again
   traced = []
   windowed = deconv._project_windowed

@@ -10,7 +10,10 @@ to by ids the session made ("sample:chelsea", "data:12", "upload:<token>"), neve
   filters      the layer-1 filters (Fig. 6)
 
 Device work is serialised by `self.device` (a re-entrant lock), so concurrent requests cannot stack up
-device memory. A unit is data (an int32 array) to the jitted projection: a new unit never recompiles.
+device memory. Occlusion maps (hundreds of occluder positions) run under a lock of their own,
+`self.occluding`, beside the short requests: a click never waits behind a whole map, and at most one
+occlusion, one short request and the top-9 scan compute at once. A unit is data (an int32 array) to the
+jitted projection: a new unit never recompiles.
 Bad input raises `Rejected` with an HTTP status and one line saying what is allowed.
 """
 from __future__ import annotations
@@ -138,6 +141,7 @@ class Session:
     self.class_names = list(loaded.class_names or [str(c) for c in range(loaded.num_classes)])
     self.layers = self.arch.activation_names[:-1]  # conv1..conv5, fc6, fc7: not the logits
     self.device = threading.RLock()
+    self.occluding = threading.RLock()
     self.batch_size = batch_size
     self.cache_dir = cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "zf_jax", "explore")
     self.scan_images = scan_images
@@ -145,6 +149,11 @@ class Session:
     self._traces: collections.OrderedDict[str, tuple[np.ndarray, models.Trace, np.ndarray]] = collections.OrderedDict()
     self._scan: dict[str, Any] = {"state": "idle" if data is not None else "none", "done": 0, "total": 0}
     self._scan_lock = threading.Lock()
+    self.compiling: dict[str, Any] = {"rules": [], "state": "done", "seconds": None}
+
+  def lock_for(self, view: str) -> threading.RLock:
+    """The lock a view's computation runs under: `occluding` for occlusion maps, else `device`."""
+    return self.occluding if view == "occlusion" else self.device
 
   # --- images
 
@@ -257,7 +266,7 @@ class Session:
     p(label) (d) at every occluder position, side by side; label None: the predicted class."""
     probs, _, x = self._forward(image_id)
     label = int(probs.argmax()) if label is None else _int("class", label, len(self.class_names))
-    with self.device:
+    with self.occluding:
       out = occlusion.occlusion_maps(self.arch, self.params, x[None], np.array([label]),
                                      batch_size=self.batch_size, mode="exact")
     activity, p_true = out["activity"][0], out["p_true"][0]
@@ -378,8 +387,17 @@ class Session:
 
   def warm_up_in_background(self, rules: tuple[str, ...] = ("guided", "saliency")) -> threading.Thread:
     """Compiles the projections of `rules` in a daemon thread, so their first click does not wait for XLA;
-    requests in the meantime are served between its compilations (each holds the device lock alone)."""
-    thread = threading.Thread(target=self.warm_up, args=(rules, False), daemon=True, name="zf_jax-explore-warm-up")
+    requests in the meantime are served between its compilations (each holds the device lock alone).
+    `self.compiling` says how far it is: {"rules", "state": "compiling" | "done" | "failed", "seconds"}."""
+    self.compiling = {"rules": list(rules), "state": "compiling", "seconds": None}
+
+    def run() -> None:
+      try:
+        self.compiling.update(state="done", seconds=round(self.warm_up(rules, False), 1))
+      except Exception as e:  # reported by api/info; each rule then compiles on its first click
+        self.compiling.update(state="failed", error=f"{type(e).__name__}: {e}")
+
+    thread = threading.Thread(target=run, daemon=True, name="zf_jax-explore-warm-up")
     thread.start()
     return thread
 

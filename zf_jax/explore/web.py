@@ -77,6 +77,7 @@ def app(session: Session) -> Starlette:
   """The explorer's Starlette app for `session`."""
   latest = Latest()
   memo: collections.OrderedDict[tuple, View] = collections.OrderedDict()
+  memo_lock = threading.Lock()  # views run under different locks (`Session.lock_for`)
 
   async def view(request: Request, name: str, compute: Callable[[dict[str, str]], View]) -> Response:
     query = dict(request.query_params)
@@ -90,15 +91,19 @@ def app(session: Session) -> Starlette:
       latest.note(client, name, int(seq))
 
     def run() -> View:
-      with session.device:  # the check and the computation under one hold of the device
+      with session.lock_for(name):  # the check and the computation under one hold of the view's lock
         if client is not None and seq is not None and latest.superseded(client, name, int(seq)):
           raise Rejected(409, "superseded by a newer request of this view from the same page")
         key = (name, *sorted(query.items()))
-        if key not in memo:
-          memo[key] = compute(query)
+        with memo_lock:
+          if key in memo:
+            return memo[key]
+        computed = compute(query)
+        with memo_lock:
+          memo[key] = computed
           while len(memo) > MEMO:
             memo.popitem(last=False)
-        return memo[key]
+        return computed
 
     try:
       result = await run_in_threadpool(run)
@@ -147,7 +152,8 @@ def app(session: Session) -> Starlette:
         "classes": session.class_names, "samples": [f"sample:{s}" for s in session_lib.SAMPLES],
         "data": None if session.data is None else {"name": session.data.name, "split": session.data.split,
                                                    "size": len(session.data.source)},
-        "max_upload_bytes": session_lib.MAX_UPLOAD_BYTES, "max_upload_pixels": preprocess.MAX_IMAGE_PIXELS})
+        "max_upload_bytes": session_lib.MAX_UPLOAD_BYTES, "max_upload_pixels": preprocess.MAX_IMAGE_PIXELS,
+        "compiling": session.compiling})
 
   async def scan(request: Request) -> Response:
     if request.method == "POST":
