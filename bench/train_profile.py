@@ -20,7 +20,6 @@ import json
 import os
 import re
 import tempfile
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -29,7 +28,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as bench.run: torch's idl
 import jax  # noqa: E402
 import torch  # noqa: E402
 
-from bench import train_step  # noqa: E402
+from bench import common, train_step  # noqa: E402
 
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = (\S+) (\w[\w\-]*)\((.*)$")
 _CALLS = re.compile(r"calls=%([\w.\-]+)")
@@ -162,12 +161,8 @@ def conv_formulations(batch: int, size: int, cin: int, cout: int, repeats: int) 
 
 
 def _median_ms(fn: Callable[[], Any], repeats: int) -> float:
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - start)
-  return sorted(times)[len(times) // 2] * 1e3
+  """Median ms of `repeats` calls of `fn`, already warm (`common.timeit`)."""
+  return common.timeit({"fn": fn}, repeats, warmup=0)["fn"] * 1e3
 
 
 def main() -> None:
@@ -202,7 +197,7 @@ def main() -> None:
   for _ in range(2):
     jax.block_until_ready(setup.zf_jax())
   print(f"{args.model}, batch {args.batch}; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
-  rows = jax_profile(setup.zf_jax, setup.hlo_text, args.steps)
+  rows = jax_profile(setup.zf_jax, setup.hlo_text(), args.steps)
   print_table("zf_jax (XLA:CPU thunks)", rows, _median_ms(setup.zf_jax, args.steps), args.top)
   if not args.jax_only:
     for _ in range(2):
