@@ -19,6 +19,7 @@ SUBCOMMAND:
   ablation        Table 3 from several trained workdirs (--workdirs=BASE,W2,...): per variant its change from
                   BASE, parameters, epoch, train top-1 (center crop), val top-1/top-5 (10-crop), the paper's rows
   ensemble        Table 2: the 10-crop softmax averaged over several trained models (--workdirs=W1,W2,...)
+                  (ablation, ensemble: a run record folder of `python -m zf_jax.run_record` stands for its workdir)
   serve           the live explorer: a local page to show the model any image and click any unit (--data adds
                   a dataset's images and their top-9 scan; --export=DIR writes the views as static pages)
 
@@ -74,8 +75,8 @@ PARTS_ROOT = flags.DEFINE_string("parts_root", None, "correspondence: the Tiny I
 RULE = flags.DEFINE_enum("rule", "deconvnet", ["deconvnet", "guided", "saliency"], "How projections reverse ReLUs.")
 BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Images per jitted call.")
 SEED = flags.DEFINE_integer("seed", 0, "Seed for the random choice of maps (transfer/probes: of the folds).")
-WORKDIRS = flags.DEFINE_list("workdirs", None, "ablation/ensemble: training workdirs (ablation: the first is the "
-                             "base).")
+WORKDIRS = flags.DEFINE_list("workdirs", None, "ablation/ensemble: training workdirs, or run record folders "
+                             "(python -m zf_jax.run_record) in their place (ablation: the first is the base).")
 EPOCH = flags.DEFINE_float("epoch", None, "ablation/ensemble: each workdir's checkpoint at this epoch (default: "
                            "latest).")
 TRAIN_IMAGES = flags.DEFINE_integer("train_images", None, "ablation: the train error over this many training images "
@@ -120,7 +121,7 @@ def options() -> dict[str, Any]:
 def _run_multi(command: str) -> list[str]:
   """ablation/ensemble: several workdirs in, one folder of figures, numbers and index.html out."""
   if not WORKDIRS.value or WORKDIRS.value == [""]:
-    raise ValueError(f"{command} needs --workdirs=W1,W2,... (training workdirs)")
+    raise ValueError(f"{command} needs --workdirs=W1,W2,... (training workdirs or run record folders)")
   if WORKDIR.value or PARAMS.value or MODEL.value:
     raise ValueError(f"{command} reads --workdirs=W1,W2,...; drop --model/--workdir/--params")
   out = OUT.value or os.path.join(WORKDIRS.value[0], "figures", command)

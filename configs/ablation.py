@@ -33,14 +33,26 @@ configs/ablation_runs.sh, which runs them one after another in this order, nice'
       The script starts each from a copy of its 10-epoch run's workdir, whose 10 epochs it shares.
   Issue 23, seeds 1 and 2 of the three converged rows (`bash configs/ablation_runs.sh seeds`), the same
   options plus the seed; each starts from a copy of its 10-epoch run where there is one, else fresh;
-  cheapest first (on this machine's 2 cores: the 4-layer net ~560 img/s, about 1 h; no-fc67 ~340 img/s;
-  the base ~160-250 img/s, 2-3 h):
+  cheapest first (on this machine's 2 cores: the 4-layer net ~500 img/s, about 1 h; no-fc67 ~340 img/s;
+  the base ~160-250 img/s, 2-3 h). Seed 0 of the two depth rows runs again (-rerun-): the first runs'
+  checkpoints are lost, and the three-seed tables are built from run records, which need them:
   ablation-no-conv34-fc67-seed1-converged  zfnet64-no-conv34-fc67  (the same options) --config.seed=1
   ablation-no-conv34-fc67-seed2-converged  zfnet64-no-conv34-fc67  (the same options) --config.seed=2
+  ablation-no-conv34-fc67-rerun-converged  zfnet64-no-conv34-fc67  (the same options)
   ablation-no-fc67-seed1-converged  zfnet64-no-fc67     (the same options) --config.seed=1
   ablation-no-fc67-seed2-converged  zfnet64-no-fc67     (the same options) --config.seed=2
+  ablation-no-fc67-rerun-converged  zfnet64-no-fc67     (the same options)
   ablation-seed1-converged       zfnet64                (the same options) --config.seed=1
   ablation-seed2-converged       zfnet64                (the same options) --config.seed=2
+  As each finishes, the script writes its run record into docs/runs/NAME (commit it): its 10-crop val
+  top-1/top-5, train error, 10-crop val softmax and metrics, by
+
+  python -m zf_jax.run_record --workdir=$R/NAME --out=docs/runs/NAME
+
+  so the tables below can be built when the checkpoints are gone. The base's seed 0 is the shipped model,
+  whose record is in docs/runs/reference-rerun (its run's metrics are there too):
+
+  python -m zf_jax.run_record --model=zfnet64-tiny-imagenet-100 --out=docs/runs/reference-rerun
 
 Then (10-crop validation and the train error are computed from the checkpoints, cached in each workdir):
 
@@ -52,13 +64,14 @@ $R/ablation-fc-double,$R/ablation-wide-conv345,$R/fig6-alexnet64,$R/fig6-noclip
       --workdirs=$R/reference,$R/ablation-no-fc67-converged,$R/ablation-no-conv34-fc67-converged
   python visualize.py ensemble --epoch=10 --out=docs/figures/table2 \\
       --workdirs=$R/reference,$R/ablation-seed1,$R/ablation-seed2,$R/ablation-wide-conv345
-Issue 23 (three seeds at convergence; rows of one variant that differ only in the seed are grouped):
-  python visualize.py ablation --out=docs/figures/table3-seeds --workdirs=$R/reference,\\
-$R/ablation-seed1-converged,$R/ablation-seed2-converged,$R/ablation-no-fc67-converged,\\
-$R/ablation-no-fc67-seed1-converged,$R/ablation-no-fc67-seed2-converged,$R/ablation-no-conv34-fc67-converged,\\
-$R/ablation-no-conv34-fc67-seed1-converged,$R/ablation-no-conv34-fc67-seed2-converged
-  python visualize.py ensemble --out=docs/figures/table2-converged --workdirs=$R/reference,\\
-$R/ablation-seed1-converged,$R/ablation-seed2-converged,$R/ablation-no-fc67-converged
+Issue 23 (three seeds at convergence, from the run records; rows of one variant that differ only in the seed
+are grouped), with D=docs/runs:
+  python visualize.py ablation --out=docs/figures/table3-seeds --workdirs=$D/reference-rerun,\\
+$D/ablation-seed1-converged,$D/ablation-seed2-converged,$D/ablation-no-fc67-rerun-converged,\\
+$D/ablation-no-fc67-seed1-converged,$D/ablation-no-fc67-seed2-converged,$D/ablation-no-conv34-fc67-rerun-converged,\\
+$D/ablation-no-conv34-fc67-seed1-converged,$D/ablation-no-conv34-fc67-seed2-converged
+  python visualize.py ensemble --out=docs/figures/table2-converged --workdirs=$D/reference-rerun,\\
+$D/ablation-seed1-converged,$D/ablation-seed2-converged,$D/ablation-no-fc67-rerun-converged
   python visualize.py filters --workdir=$R/fig6-noclip --compare=$R/fig6-alexnet64
 
 Measured results: docs/REPRODUCTION.md.

@@ -9,12 +9,14 @@
 # Resumable: re-run the same command. A finished run returns at once ("Already trained"), a killed
 # one resumes from its last checkpoint with the same result. Each run logs to RUNS/NAME/log.txt.
 # The base row (zfnet64, seed 0) is the reference run's epoch 10 (configs/reference.py), not run here.
-# Environment: RUNS (default ~/zf-runs), DATA (default ../shared/data/tiny-imagenet-100), NICE (10).
+# Environment: RUNS (default ~/zf-runs), DATA (default ../shared/data/tiny-imagenet-100), NICE (10), RECORDS
+# (default docs/runs: where the converged runs' records go).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-$HOME/zf-runs}
 DATA=$(realpath "${DATA:-../shared/data/tiny-imagenet-100}")
 NICE=${NICE:-10}
+RECORDS=${RECORDS:-docs/runs}
 
 run() {  # NAME ARCH [--config.KEY=VALUE ...]
   local name=$1 arch=$2
@@ -28,6 +30,8 @@ run() {  # NAME ARCH [--config.KEY=VALUE ...]
 # NAME's run with configs/reference.py's budget and stopping rule (up to 40 epochs, stop once the plateau rule
 # is at its floor), in NAME-converged. No schedule depends on num_epochs, so where NAME's 10-epoch run is there,
 # a copy of its workdir resumes from epoch 10 with the same result as a fresh run; else it starts fresh.
+# Once it has finished, its run record (evaluations, softmax and metrics: zf_jax.run_record) is written to
+# RECORDS/NAME-converged, unless one is there; commit it.
 converged() {  # NAME ARCH [--config.KEY=VALUE ...]
   local name=$1 arch=$2
   shift 2
@@ -37,6 +41,11 @@ converged() {  # NAME ARCH [--config.KEY=VALUE ...]
     mv "$RUNS/$name-converged.copying" "$RUNS/$name-converged"
   fi
   run "$name-converged" "$arch" --config.num_epochs=40 --config.stop_when_converged=True "$@"
+  if [ ! -f "$RECORDS/$name-converged/evaluation.json" ]; then
+    echo "$(date -u +%FT%TZ) $name-converged: its run record, in $RECORDS/$name-converged"
+    nice -n "$NICE" python -m zf_jax.run_record --workdir="$RUNS/$name-converged" --out="$RECORDS/$name-converged" \
+        >> "$RUNS/$name-converged/log.txt" 2>&1 || echo "$(date -u +%FT%TZ) $name-converged: no run record (see its log.txt)"
+  fi
 }
 
 common() {
@@ -58,12 +67,17 @@ converged_rows() {  # Table 3's depth rows at convergence (seed 0; the base row 
 }
 
 # issue 23: seeds 1 and 2 of the three converged rows, cheapest first, so that a session finishes whole runs
-# (on 2 cores: the 4-layer net ~560 img/s, no-fc67 ~340, the base ~160-250)
+# (on 2 cores: the 4-layer net ~500 img/s, no-fc67 ~340, the base ~160-250), and seed 0 of the two depth rows
+# again (NAME-rerun-converged): the checkpoints of their first runs were lost with the machine on 2026-12-05, and
+# each row of the three-seed tables is built from a run record (python -m zf_jax.run_record), which needs them.
+# The base's seed 0 is the shipped model (docs/runs/reference-rerun).
 seeds() {
   converged ablation-no-conv34-fc67-seed1 zfnet64-no-conv34-fc67 --config.seed=1
   converged ablation-no-conv34-fc67-seed2 zfnet64-no-conv34-fc67 --config.seed=2
+  converged ablation-no-conv34-fc67-rerun zfnet64-no-conv34-fc67
   converged ablation-no-fc67-seed1 zfnet64-no-fc67 --config.seed=1
   converged ablation-no-fc67-seed2 zfnet64-no-fc67 --config.seed=2
+  converged ablation-no-fc67-rerun zfnet64-no-fc67
   converged ablation-seed1 zfnet64 --config.seed=1
   converged ablation-seed2 zfnet64 --config.seed=2
 }

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from zf_jax import checkpoint, evaluation, metrics, models, train_lib
+from zf_jax import checkpoint, evaluation, metrics, models, run_record, train_lib
 from zf_jax.analysis import ablation, ensemble
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -157,7 +157,7 @@ def test_num_params_counts_every_weight_and_bias():
   fc = (3 * 3 * 128 * 1024 + 1024) + (1024 * 1024 + 1024) + (1024 * 100 + 100)
   convs = (7 * 7 * 3 * 48 + 48) + (3 * 3 * 48 * 96 + 96) + (3 * 3 * 96 * 192 + 192) + (3 * 3 * 192 * 192 + 192) \
       + (3 * 3 * 192 * 128 + 128)
-  assert ablation.num_params(params) == convs + fc
+  assert run_record.num_params(params) == convs + fc
 
 
 def test_ensemble_of_one_equals_the_model(workdirs):
@@ -202,6 +202,59 @@ def test_ensemble_of_different_class_counts_is_refused(workdirs, five_classes):
     ensemble.compute([workdirs[0], five_classes])
 
 
+@pytest.fixture(scope="module")
+def records(workdirs, tmp_path_factory):
+  """The run records of both workdirs, as `python -m zf_jax.run_record` writes them."""
+  root = tmp_path_factory.mktemp("records")
+  out = [str(root / os.path.basename(w)) for w in workdirs]
+  for workdir, folder in zip(workdirs, out):
+    written = run_record.write(checkpoint.load_for_analysis(workdir), folder, workdir)
+    assert sorted(map(os.path.basename, written)) == ["evaluation.json", "metrics.jsonl", "val_probabilities.npz"]
+  return out
+
+
+def test_tables_from_run_records_equal_those_from_the_checkpoints(workdirs, records):
+  live, kept = ablation.compute(workdirs, use_cache=False), ablation.compute(records)
+  for key in ("arch", "change", "variant", "num_params", "step", "seed", "epoch", "train_top1", "val_top1", "val_top5",
+              "train_images", "val_images", "metrics_val_top1", "metrics_step"):
+    np.testing.assert_array_equal(kept[key], live[key], err_msg=key)
+  live, kept = ensemble.compute(workdirs), ensemble.compute(records)
+  np.testing.assert_allclose(kept["probabilities"], live["probabilities"], atol=1e-3)  # stored as float16
+  np.testing.assert_array_equal(kept["labels"], live["labels"])
+  assert (kept["top1"], kept["top5"]) == (live["top1"], live["top5"])
+  mixed = ensemble.compute([records[0], workdirs[1]], max_images=8)
+  assert len(mixed["labels"]) == 8
+  np.testing.assert_array_equal(mixed["labels"], live["labels"][evaluation.spaced_indices(16, 8)])
+
+
+def test_run_records_refuse_what_they_do_not_hold(workdirs, records, tmp_path):
+  with pytest.raises(ValueError, match=r"epoch=1 is not allowed for the run record .*; allowed: its epoch 2"):
+    ablation.compute(records, epoch=1)
+  with pytest.raises(ValueError, match=r"train_images=4 is not allowed with the run record"):
+    ablation.compute(records, train_images=4)
+  with pytest.raises(ValueError, match=r"num_crops=1 is not allowed with the run record"):
+    ensemble.compute(records, num_crops=1)
+  with pytest.raises(ValueError, match=r"holds the metrics.jsonl of another run than"):
+    run_record.write(checkpoint.load_for_analysis(workdirs[1]), records[0], workdirs[1])
+  with pytest.raises(ValueError, match=r"holds the metrics.jsonl of a run without step"):
+    (tmp_path / "metrics.jsonl").write_text('{"step": 999, "val_top1": 0.5}\n')  # another run's
+    run_record.write(checkpoint.load_for_analysis(workdirs[0]), str(tmp_path))
+  broken = tmp_path / "broken"
+  shutil.copytree(records[1], broken)
+  with open(broken / "val_probabilities.npz", "r+b") as f:
+    f.truncate(100)
+  with pytest.raises(ValueError, match=r"is not a readable run record \(val_probabilities.npz: "):
+    ensemble.compute([records[0], str(broken)])
+  data = np.load(os.path.join(records[1], "val_probabilities.npz"))
+  np.savez(broken / "val_probabilities.npz", probabilities=data["probabilities"], labels=data["labels"][::-1])
+  with pytest.raises(ValueError, match=r"was evaluated on other validation images than"):
+    ensemble.compute([records[0], str(broken)])
+  record = json.loads((broken / "evaluation.json").read_text())
+  (broken / "evaluation.json").write_text(json.dumps({**record, "record_version": 99}))
+  with pytest.raises(ValueError, match=r"record_version 99, this zf_jax reads 1"):
+    ablation.compute([str(broken)])
+
+
 def _visualize(*args):
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}
   process = subprocess.run([sys.executable, os.path.join(ROOT, "visualize.py"), *args], cwd=ROOT, env=env,
@@ -228,3 +281,17 @@ def test_visualize_ablation_and_ensemble_end_to_end(workdirs, five_classes, tmp_
   code, _, err = _visualize("ensemble", f"--workdirs={workdirs[0]},{five_classes}", f"--out={tmp_path / 'bad'}")
   assert code == 2 and err.strip().count("\n") == 0 and err.startswith("visualize.py: error: ")
   assert "classes" in err and not os.path.exists(tmp_path / "bad")
+
+
+@pytest.mark.slow
+def test_run_record_command_end_to_end(workdirs, tmp_path):
+  command = [sys.executable, "-m", "zf_jax.run_record", f"--workdir={workdirs[0]}", f"--out={tmp_path / 'rec'}"]
+  process = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert process.returncode == 0, process.stderr[-3000:]
+  assert sorted(os.listdir(tmp_path / "rec")) == ["evaluation.json", "metrics.jsonl", "val_probabilities.npz"]
+  code, _, err = _visualize("ablation", f"--workdirs={tmp_path / 'rec'},{workdirs[1]}", f"--out={tmp_path / 't3'}")
+  assert code == 0, err[-3000:]
+  process = subprocess.run([*command[:3], f"--workdir={tmp_path / 'none'}", f"--out={tmp_path / 'rec2'}"], cwd=ROOT,
+                           capture_output=True, text=True, timeout=600)
+  assert process.returncode == 2 and process.stderr.startswith("run_record: error: ")
+  assert process.stderr.strip().count("\n") == 0 and not os.path.exists(tmp_path / "rec2")

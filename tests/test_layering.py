@@ -19,7 +19,7 @@ LAYERS = {
     "zf_jax.models": 2,
     "zf_jax.deconv": 3, "zf_jax.data": 3, "zf_jax.checkpoint": 3, "zf_jax.metrics": 3, "zf_jax.linen": 3,
     "zf_jax.convert": 3, "zf_jax.input_pipeline": 3,
-    "zf_jax.train_lib": 4, "zf_jax.evaluation": 4, "zf_jax.pretrained": 4,
+    "zf_jax.train_lib": 4, "zf_jax.evaluation": 4, "zf_jax.pretrained": 4, "zf_jax.run_record": 4,
     "zf_jax.analysis": 5,
     "zf_jax.report": 6,
     "zf_jax.explore": 7,

@@ -34,16 +34,22 @@ ROLES = ("train", "val")
 READ_AHEAD = {"grain_workers": 0, "grain_read_threads": 4, "grain_prefetch": 4}
 
 
-def evenly_spaced(source: Any, max_images: int | None, name: str = "max_images") -> Any:
-  """`source`, or `max_images` of its images evenly spaced through it (as `data.compute_mean_image`
-  picks them: every class of a class-sorted split is represented). `name` is what the caller's user calls
-  max_images (e.g. "--train_images"), for the error message."""
-  n = len(source)
+def spaced_indices(n: int, max_images: int | None, name: str = "max_images") -> np.ndarray:
+  """int64 [min(n, max_images)]: the indices of `max_images` of n images evenly spaced through them (as
+  `data.compute_mean_image` picks them: every class of a class-sorted split is represented); all n where
+  max_images is None or >= n. `name` is what the caller's user calls max_images (e.g. "--train_images"),
+  for the error message."""
   if max_images is not None and max_images < 1:
     raise ValueError(f"{name}={max_images} is not allowed; allowed: an int >= 1 (or none for all {n} images)")
   if max_images is None or max_images >= n:
-    return source
-  return data.few_shot.Subset(source, np.linspace(0, n - 1, max_images).round().astype(np.int64))
+    return np.arange(n, dtype=np.int64)
+  return np.linspace(0, n - 1, max_images).round().astype(np.int64)
+
+
+def evenly_spaced(source: Any, max_images: int | None, name: str = "max_images") -> Any:
+  """`source`, or the `max_images` of its images at `spaced_indices`."""
+  indices = spaced_indices(len(source), max_images, name)
+  return source if len(indices) == len(source) else data.few_shot.Subset(source, indices)
 
 
 def _check(model: checkpoint.Loaded, source: Any, num_crops: int, batch_size: int) -> None:

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from zf_jax import checkpoint, evaluation, files, metrics, models
+from zf_jax import files, metrics, models, run_record
 from zf_jax.analysis import common
 
 SIGNIFICANCE = 0.05  # a difference is beyond the seed noise when Welch's t-test gives p below this
@@ -49,11 +49,6 @@ PAPER_CLIPPING = 0.1  # the paper's recipe clips filters at RMS 0.1 (section 3)
 RECIPE_KEYS = ("dataset", "train_split", "image_size", "batch_size", "learning_rate", "momentum", "weight_decay",
                "weight_std", "bias_init", "filter_rms_radius", "plateau_patience", "plateau_factor",
                "plateau_min_delta", "min_learning_rate", "eval_crops", "seed")
-
-
-def num_params(params: models.Params) -> int:
-  """The number of weights and biases of a model (arrays or their shapes, e.g. from `jax.eval_shape`)."""
-  return int(sum(np.prod(leaf.shape) for layer in params.values() for leaf in layer.values()))
 
 
 def _hidden(arch: models.Arch) -> dict[str, models.Conv | models.Dense]:
@@ -118,7 +113,8 @@ def compute(workdirs: Sequence[str], epoch: float | None = None, train_images: i
   """Table 3 from trained workdirs; the first is the base the changes are described against.
 
   Args:
-    workdirs: V training workdirs (one variant each).
+    workdirs: V training workdirs (one variant each), or run record folders (`zf_jax.run_record`:
+      the same evaluations, kept after the checkpoints are gone).
     epoch: evaluate each workdir's checkpoint at this epoch (default: each one's latest), e.g. 10
       to take a longer run at the common budget.
     train_images: the train error over this many training images evenly spaced through the split
@@ -139,25 +135,24 @@ def compute(workdirs: Sequence[str], epoch: float | None = None, train_images: i
   """
   if not workdirs:
     raise ValueError("workdirs is empty; give at least one training workdir")
-  loaded = [checkpoint.load_for_analysis(w, epoch=epoch) for w in workdirs]
+  records = [run_record.get(w, epoch, train_images, batch_size, data_dir, use_cache) for w in workdirs]
+  base = records[0]
   rows = []
-  for workdir, model in zip(workdirs, loaded):
-    options = dict(batch_size=batch_size, data_dir=data_dir, use_cache=use_cache, model=model)
-    train = evaluation.evaluate_checkpoint(workdir, "train", 1, max_images=train_images, **options)
-    val = evaluation.evaluate_checkpoint(workdir, "val", 10, **options)
-    logged = metrics.validation_at(workdir, model.step)
-    paper = paper_row(model.arch.name, model.config)
-    unseeded = {**model.config, "seed": loaded[0].config.get("seed")}
+  for workdir, record in zip(workdirs, records):
+    logged = metrics.validation_at(workdir, record.step)
+    paper = paper_row(record.arch.name, record.config)
+    unseeded = {**record.config, "seed": base.config.get("seed")}
     rows.append({
-        "workdirs": workdir, "arch": model.arch.name,
-        "change": describe_change(loaded[0].arch, model.arch, loaded[0].config, model.config),
-        "variant": describe_change(loaded[0].arch, model.arch, loaded[0].config, unseeded),
-        "seed": int(model.config.get("seed", 0)),
-        "paper_row": paper[0] if paper else "", "num_params": num_params(model.params), "step": model.step,
-        "epoch": model.epoch, "train_top1": train["top1"], "val_top1": val["top1"], "val_top5": val["top5"],
-        "train_images": train["num_images"], "val_images": val["num_images"],
+        "workdirs": workdir, "arch": record.arch.name,
+        "change": describe_change(base.arch, record.arch, base.config, record.config),
+        "variant": describe_change(base.arch, record.arch, base.config, unseeded),
+        "seed": int(record.config.get("seed", 0)),
+        "paper_row": paper[0] if paper else "", "num_params": record.num_params, "step": record.step,
+        "epoch": record.epoch, "train_top1": record.train["top1"], "val_top1": record.val["top1"],
+        "val_top5": record.val["top5"], "train_images": record.train["num_images"],
+        "val_images": record.val["num_images"],
         "metrics_val_top1": logged.get("val_top1", np.nan), "metrics_val_top5": logged.get("val_top5", np.nan),
-        "metrics_crops": int(model.config.get("eval_crops", 10)), "metrics_step": int(logged.get("step", 0)),
+        "metrics_crops": int(record.config.get("eval_crops", 10)), "metrics_step": int(logged.get("step", 0)),
         "paper_val_top1_error": paper[1] if paper else np.nan, "paper_val_top5_error": paper[2] if paper else np.nan})
   rows[0]["change"] = "(base)"
   for row in rows:

@@ -10,15 +10,16 @@ classes (count and names).
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from zf_jax import checkpoint, evaluation, files
+from zf_jax import checkpoint, evaluation, files, run_record
 from zf_jax.analysis import common
+
+Member = checkpoint.Loaded | run_record.Record  # a model, or the stored evaluations of one
 
 # Table 2 of the paper (arXiv v3): (row, number of nets, val top-1 error %, val top-5 error %).
 PAPER = (("1 convnet (Fig. 3 model)", 1, 38.4, 16.5),
@@ -26,7 +27,7 @@ PAPER = (("1 convnet (Fig. 3 model)", 1, 38.4, 16.5),
          ("6 convnets, one with layers 3,4,5 of 512,1024,512 maps", 6, 36.0, 14.7))
 
 
-def check_compatible(names: Sequence[str], members: Sequence[checkpoint.Loaded]) -> None:
+def check_compatible(names: Sequence[str], members: Sequence[Member]) -> None:
   """Raises ValueError unless every member has the first member's classes (count and names)."""
   first = members[0]
   for name, member in zip(names[1:], members[1:]):
@@ -49,26 +50,30 @@ def check_distinct_paths(workdirs: Sequence[str]) -> None:
     seen[real] = w
 
 
-def params_digest(params: Mapping[str, Mapping[str, Any]]) -> str:
-  """A SHA-256 of a model's parameters (layer names, shapes, dtypes and bytes, in a fixed order)."""
-  digest = hashlib.sha256()
-  for layer in sorted(params):
-    for part in sorted(params[layer]):
-      value = np.ascontiguousarray(np.asarray(params[layer][part]))
-      digest.update(f"{layer}/{part}:{value.dtype}{value.shape}".encode())
-      digest.update(value.tobytes())
-  return digest.hexdigest()
+def _digest(member: Member) -> str:
+  return member.params_sha256 if isinstance(member, run_record.Record) else run_record.params_digest(member.params)
 
 
-def check_distinct_params(names: Sequence[str], members: Sequence[checkpoint.Loaded]) -> None:
+def check_distinct_params(names: Sequence[str], members: Sequence[Member]) -> None:
   """Raises ValueError if two members have the same parameters (a copy of one model under two names)."""
   seen: dict[str, str] = {}
   for name, member in zip(names, members):
-    digest = params_digest(member.params)
+    digest = _digest(member)
     if digest in seen:
       raise ValueError(f"{seen[digest]!r} and {name!r} hold the same parameters (one model twice); an ensemble "
                        "counts each model once; allowed: distinct models")
     seen[digest] = name
+
+
+def _load(path: str, epoch: float | None, num_crops: int) -> Member:
+  """A record folder's Record (its epoch must be `epoch` or None; its crops `num_crops`), or a workdir's
+  checkpoint at `epoch` (default the latest), or a .npz's model."""
+  if run_record.is_record(path):
+    if num_crops != run_record.VAL_CROPS:
+      raise ValueError(f"num_crops={num_crops} is not allowed with the run record {path!r}, which holds the "
+                       f"{run_record.VAL_CROPS}-crop softmax; allowed: {run_record.VAL_CROPS}")
+    return run_record.get(path, epoch)
+  return checkpoint.load_for_analysis(path, epoch=None if path.endswith(".npz") else epoch)
 
 
 def compute(workdirs: Sequence[str], epoch: float | None = None, num_crops: int = 10, max_images: int | None = None,
@@ -76,7 +81,8 @@ def compute(workdirs: Sequence[str], epoch: float | None = None, num_crops: int 
   """The ensemble of the workdirs' checkpoints on the first one's validation split.
 
   Args:
-    workdirs: M training workdirs (or .npz params files) of models over the same classes.
+    workdirs: M training workdirs (or .npz params files, or run record folders of `zf_jax.run_record`,
+      whose stored softmax is used) of models over the same classes, evaluated on the same images.
     epoch: each workdir's checkpoint at this epoch (default: the latest).
     num_crops: 10 (the paper) or 1.
     max_images: this many validation images, evenly spaced through the split (default: all).
@@ -93,14 +99,26 @@ def compute(workdirs: Sequence[str], epoch: float | None = None, num_crops: int 
   if not workdirs:
     raise ValueError("workdirs is empty; give at least one training workdir")
   check_distinct_paths(workdirs)
-  members = [checkpoint.load_for_analysis(w, epoch=None if w.endswith(".npz") else epoch) for w in workdirs]
+  members = [_load(w, epoch, num_crops) for w in workdirs]
   check_compatible(workdirs, members)
   check_distinct_params(workdirs, members)
-  source = evaluation.evenly_spaced(evaluation.split_source(members[0], "val", data_dir), max_images)
-  total, labels = None, None
+  source = None
+  total, first_labels = None, None
   out = {key: [] for key in ("member_top1", "member_top5", "cumulative_top1", "cumulative_top5")}
-  for k, member in enumerate(members, 1):
-    probs, labels = evaluation.probabilities(member, source, num_crops, batch_size)
+  for k, (path, member) in enumerate(zip(workdirs, members), 1):
+    if isinstance(member, run_record.Record):
+      probs, labels = run_record.read_probabilities(path, member)
+      keep = evaluation.spaced_indices(len(labels), max_images)
+      probs, labels = probs[keep], labels[keep]
+    else:
+      if source is None:
+        source = evaluation.evenly_spaced(evaluation.split_source(member, "val", data_dir), max_images)
+      probs, labels = evaluation.probabilities(member, source, num_crops, batch_size)
+    if first_labels is None:
+      first_labels = labels
+    elif not np.array_equal(labels, first_labels):
+      raise ValueError(f"{path!r} was evaluated on other validation images than {workdirs[0]!r} ({len(labels)} "
+                       f"against {len(first_labels)}, or another order); allowed: models of one dataset's val split")
     total = probs.astype(np.float64) if total is None else total + probs
     for top in (1, 5):
       out[f"member_top{top}"].append(evaluation.topk_accuracy(probs, labels, top))
@@ -109,7 +127,7 @@ def compute(workdirs: Sequence[str], epoch: float | None = None, num_crops: int 
   return {"workdirs": list(workdirs), "arch": [m.arch.name for m in members],
           "epoch": np.array([m.epoch for m in members], np.float64), **result,
           "top1": float(result["cumulative_top1"][-1]), "top5": float(result["cumulative_top5"][-1]),
-          "probabilities": (total / len(members)).astype(np.float32), "labels": labels, "num_crops": num_crops}
+          "probabilities": (total / len(members)).astype(np.float32), "labels": first_labels, "num_crops": num_crops}
 
 
 def summary(result: Mapping[str, Any]) -> dict[str, Any]:
