@@ -20,6 +20,8 @@ SUBCOMMAND:
                   BASE, parameters, epoch, train top-1 (center crop), val top-1/top-5 (10-crop), the paper's rows
   ensemble        Table 2: the 10-crop softmax averaged over several trained models (--workdirs=W1,W2,...)
                   (ablation, ensemble: a run record folder of `python -m zf_jax.run_record` stands for its workdir)
+  transfer-seeds  Tables 4-5 / Fig. 9 and Table 7 over several pretrained models: --results=F1,F2,... are the
+                  --out folders of `transfer` and `probes` runs, one per model (mean, std and range over models)
   serve           the live explorer: a local page to show the model any image and click any unit (--data adds
                   a dataset's images and their top-9 scan; --export=DIR writes the views as static pages)
 
@@ -77,6 +79,8 @@ BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Images per jitted call.")
 SEED = flags.DEFINE_integer("seed", 0, "Seed for the random choice of maps (transfer/probes: of the folds).")
 WORKDIRS = flags.DEFINE_list("workdirs", None, "ablation/ensemble: training workdirs, or run record folders "
                              "(python -m zf_jax.run_record) in their place (ablation: the first is the base).")
+flags.DEFINE_list("results", None, "transfer-seeds: the --out folders of visualize.py transfer/probes runs, "
+                  "one per pretrained model, with the same --target, --seed, --folds and --shots.")
 EPOCH = flags.DEFINE_float("epoch", None, "ablation/ensemble: each workdir's checkpoint at this epoch (default: "
                            "latest).")
 TRAIN_IMAGES = flags.DEFINE_integer("train_images", None, "ablation: the train error over this many training images "
@@ -119,15 +123,20 @@ def options() -> dict[str, Any]:
 
 
 def _run_multi(command: str) -> list[str]:
-  """ablation/ensemble: several workdirs in, one folder of figures, numbers and index.html out."""
-  if not WORKDIRS.value or WORKDIRS.value == [""]:
-    raise ValueError(f"{command} needs --workdirs=W1,W2,... (training workdirs or run record folders)")
+  """ablation/ensemble/transfer-seeds: several workdirs (or result folders) in, one folder of figures, numbers and
+  index.html out."""
+  flag = analysis.MULTI_INPUTS[command]
+  inputs = flags.FLAGS[flag].value
+  if not inputs or inputs == [""]:
+    what = "training workdirs or run record folders" if flag == "workdirs" else \
+        "output folders of visualize.py transfer/probes, one per model"
+    raise ValueError(f"{command} needs --{flag}=F1,F2,... ({what})")
   if WORKDIR.value or PARAMS.value or MODEL.value:
-    raise ValueError(f"{command} reads --workdirs=W1,W2,...; drop --model/--workdir/--params")
-  out = OUT.value or os.path.join(WORKDIRS.value[0], "figures", command)
+    raise ValueError(f"{command} reads --{flag}=F1,F2,...; drop --model/--workdir/--params")
+  out = OUT.value or os.path.join(inputs[0], "figures", command)
   with files.staged(out) as stage:
-    section = analysis.MULTI_COMMANDS[command](WORKDIRS.value, options(), stage)
-    report.write_index(stage, [section], f"zf_jax {command}: {len(WORKDIRS.value)} workdirs", _command_line())
+    section = analysis.MULTI_COMMANDS[command](inputs, options(), stage)
+    report.write_index(stage, [section], f"zf_jax {command}: {len(inputs)} {flag}", _command_line())
     written = sorted(os.listdir(stage))
   return [os.path.join(out, name) for name in written]
 

@@ -180,6 +180,8 @@ def test_ensemble_averages_its_members_softmax(workdirs):
   assert result["cumulative_top1"][0] == result["member_top1"][0]
   summary = json.loads(json.dumps(ensemble.summary(result)))
   assert [row["members"] for row in summary["first_k"]] == [1, 2] and summary["num_images"] == 16
+  alone = [100 * (1 - t) for t in result["member_top1"]]
+  assert [row["single_mean_val_top1_error"] for row in summary["first_k"]] == pytest.approx([alone[0], np.mean(alone)])
 
 
 @pytest.fixture(scope="module")

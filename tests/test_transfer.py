@@ -2,6 +2,7 @@
 draws shared with training (zf_jax.data.few_shot), and Tiny ImageNet copies that are never confused."""
 import dataclasses
 import io
+import json
 import os
 import socket
 import subprocess
@@ -15,7 +16,7 @@ import pytest
 from PIL import Image
 
 from zf_jax import data, models
-from zf_jax.analysis import features, probes, transfer
+from zf_jax.analysis import features, probes, transfer, transfer_seeds
 from zf_jax.data import few_shot
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -158,6 +159,62 @@ def test_softmax_and_svm_on_separable_features_reach_about_100_percent():
   assert transfer.softmax_accuracy(shuffled, "fc7").max() < 0.5
 
 
+def _model_folders(tmp_path, models_, seed=0):
+  """One folder per model with the transfer.json and probes.json its studies would write (features: noisy
+  class means, more noise for a worse model)."""
+  folders = []
+  for i, noise in enumerate(models_):
+    rng = np.random.default_rng(i)
+    train_x, train_y = _separable(rng, 12)
+    test_x, test_y = _separable(np.random.default_rng(100), 6)
+    train_x = train_x + noise * rng.normal(0, 4, train_x.shape).astype(np.float32)
+    study = dataclasses.replace(_study(train_x, train_y, test_x, test_y, (2, 6), 3), seed=seed)
+    model = {"source": f"model{i}", "arch": "zfnet64", "step": 1, "epoch": 1.0, "params_sha256": f"{i:064x}"}
+    folder = tmp_path / f"model{i}"
+    folder.mkdir()
+    (folder / "transfer.json").write_text(json.dumps({**transfer.summary(transfer.compute(study)), "model": model}))
+    (folder / "probes.json").write_text(json.dumps({**probes.summary(probes.compute(study)), "model": model}))
+    folders.append(str(folder))
+  return folders
+
+
+def test_transfer_seeds_reports_the_spread_of_the_fold_means_over_models(tmp_path):
+  folders = _model_folders(tmp_path, (0.0, 0.5, 1.0))
+  result = transfer_seeds.compute(folders)
+  tables = [json.loads(open(os.path.join(f, "transfer.json")).read()) for f in folders]
+  for i, row in enumerate(result["transfer"]["rows"]):
+    means = [t["rows"][i]["pretrained_mean"] for t in tables]
+    assert row["pretrained"]["mean"] == pytest.approx(np.mean(means))
+    assert row["pretrained"]["std"] == pytest.approx(np.std(means, ddof=1))
+    assert (row["pretrained"]["min"], row["pretrained"]["max"]) == (min(means), max(means))
+  assert result["transfer"]["rows"][0]["pretrained"]["std"] > 0  # the noisier models are worse
+  probes_rows = result["probes"]["rows"]
+  assert [(r["layer"], r["images_per_class"]) for r in probes_rows] == [("fc7", 2), ("fc7", 6)]
+  assert len(probes_rows[1]["softmax"]["models"]) == 3
+  summary = json.loads(json.dumps(transfer_seeds.summary(result)))
+  assert summary["transfer"]["table"]["folds"] == 3 and summary["probes"]["paper"]
+  transfer_seeds.plot(result, str(tmp_path / "seeds.png"))
+  assert (tmp_path / "seeds.png").stat().st_size > 10_000
+
+
+def test_transfer_seeds_refuses_studies_that_are_not_one(tmp_path):
+  folders = _model_folders(tmp_path, (0.0, 0.5))
+  with pytest.raises(ValueError, match=r"are of the same model \(one model twice\)"):
+    transfer_seeds.compute([folders[0], folders[0]])
+  (tmp_path / "other").mkdir()
+  other = _model_folders(tmp_path / "other", (0.3,), seed=1)
+  with pytest.raises(ValueError, match=r"has seed=1 and .* 0, so they are not one study"):
+    transfer_seeds.compute([folders[0], other[0]])
+  table = json.loads(open(os.path.join(folders[1], "transfer.json")).read())
+  del table["model"]
+  with open(os.path.join(folders[1], "transfer.json"), "w") as f:
+    json.dump(table, f)
+  with pytest.raises(ValueError, match=r"no model \(written before zf_jax recorded the model"):
+    transfer_seeds.compute(folders)
+  with pytest.raises(ValueError, match=r"holds transfer.json or probes.json"):
+    transfer_seeds.compute([str(tmp_path / "other" / "nothing")])
+
+
 def test_svm_on_span_coordinates_equals_svm_on_the_features():
   """probes.span_coordinates: the same LinearSVC problem in R dimensions instead of D > R."""
   from sklearn.svm import LinearSVC
@@ -293,7 +350,6 @@ def test_transfer_and_probes_end_to_end(tmp_path):
        "--test_per_class=4", f"--scratch={scratch}", f"--out={out}")
   _cli("visualize.py", "probes", f"--workdir={source}", f"--target={target}", "--shots=4", "--folds=2",
        "--test_per_class=4", f"--out={out}")
-  import json
   table = json.loads((out / "transfer.json").read_text())
   assert [r["images_per_class"] for r in table["rows"]] == [1, 2, 4]
   assert table["rows"][2]["scratch_runs"] == 1 and table["test_images"] == 12 and "paper" in table
@@ -304,3 +360,17 @@ def test_transfer_and_probes_end_to_end(tmp_path):
              "--test_per_class=4", f"--out={tmp_path / 'bad'}", check=False)
   assert bad.returncode == 2 and "visualize.py: error: class 'c0' (label 0) has 8 images for training" in bad.stderr
   assert not (tmp_path / "bad").exists()
+
+  # a second pretrained model, the same studies, and both over models (transfer-seeds)
+  source2, out2 = str(tmp_path / "source2"), tmp_path / "figures2"
+  _cli("train.py", "--config=configs/smoke.py", f"--workdir={source2}", "--config.seed=1")
+  for command in ("transfer", "probes"):
+    _cli("visualize.py", command, f"--workdir={source2}", f"--target={target}", "--shots=4" if command == "probes"
+         else "--shots=1,2,4", "--folds=2", "--test_per_class=4", f"--out={out2}")
+  _cli("visualize.py", "transfer-seeds", f"--results={out},{out2}", f"--out={tmp_path / 'seeds'}")
+  seeds = json.loads((tmp_path / "seeds" / "transfer_seeds.json").read_text())
+  assert [m["source"] for m in seeds["transfer"]["models"]] == [source, source2]
+  assert [len(r["pretrained"]["models"]) for r in seeds["transfer"]["rows"]] == [2, 2, 2]
+  assert len(seeds["probes"]["rows"]) == 7 and (tmp_path / "seeds" / "transfer_seeds.png").stat().st_size > 0
+  bad = _cli("visualize.py", "transfer-seeds", f"--results={out},{out}", f"--out={tmp_path / 'bad'}", check=False)
+  assert bad.returncode == 2 and "(one model twice)" in bad.stderr and not (tmp_path / "bad").exists()

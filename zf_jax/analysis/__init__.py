@@ -17,13 +17,15 @@ from zf_jax.analysis import (
                              probes,
                              topk,
                              transfer,
+                             transfer_seeds,
 )
 
 # One model in, one section out; in the order `visualize.py all` runs them.
 COMMANDS = {"topk": topk.run, "evolution": evolution.run, "invariance": invariance.run, "filters": filters.run,
             "occlusion": occlusion.run, "localization": localization.run, "correspondence": correspondence.run,
             "transfer": transfer.run, "probes": probes.run}
-# Several trained workdirs in (--workdirs), one section out.
-MULTI_COMMANDS = {"ablation": ablation.run, "ensemble": ensemble.run}
+# Several trained workdirs in (--workdirs), or several models' transfer/probes folders (--results), one section out.
+MULTI_COMMANDS = {"ablation": ablation.run, "ensemble": ensemble.run, "transfer-seeds": transfer_seeds.run}
+MULTI_INPUTS = {"ablation": "workdirs", "ensemble": "workdirs", "transfer-seeds": "results"}
 # Part of `all` only when their input is given (--target).
 STUDIES = ("transfer", "probes")

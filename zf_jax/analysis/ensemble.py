@@ -131,15 +131,17 @@ def compute(workdirs: Sequence[str], epoch: float | None = None, num_crops: int 
 
 
 def summary(result: Mapping[str, Any]) -> dict[str, Any]:
-  """Members, the ensembles of the first k members and the whole one (accuracies and errors in %),
-  beside the paper's Table 2 rows."""
+  """Members, the ensembles of the first k members (each beside the mean error of those k nets alone) and the
+  whole one (accuracies and errors in %), beside the paper's Table 2 rows."""
   members = [{"workdir": files.portable_path(w), "arch": a, "epoch": float(e), "val_top1": float(t1),
               "val_top5": float(t5),
               "val_top1_error": 100 * (1 - float(t1)), "val_top5_error": 100 * (1 - float(t5))}
              for w, a, e, t1, t5 in zip(result["workdirs"], result["arch"], result["epoch"], result["member_top1"],
                                         result["member_top5"])]
   cumulative = [{"members": k + 1, "val_top1": float(t1), "val_top5": float(t5),
-                 "val_top1_error": 100 * (1 - float(t1)), "val_top5_error": 100 * (1 - float(t5))}
+                 "val_top1_error": 100 * (1 - float(t1)), "val_top5_error": 100 * (1 - float(t5)),
+                 **{f"single_mean_val_top{top}_error":
+                    float(np.mean([m[f"val_top{top}_error"] for m in members[:k + 1]])) for top in (1, 5)}}
                 for k, (t1, t5) in enumerate(zip(result["cumulative_top1"], result["cumulative_top5"]))]
   return {"table": "Table 2", "num_images": int(len(result["labels"])), "num_crops": int(result["num_crops"]),
           "members": members, "first_k": cumulative,

@@ -132,7 +132,8 @@ def run(source: Source, options: Mapping[str, Any], out: str) -> common.Section:
   _, study = transfer.study_for(source, options, options["layers"], SHOTS)
   result = compute(study, l2=options["l2"])
   return common.write_section(
-      summary(result), {"probes.png": functools.partial(plot, result)}, out, "probes", "Table 7: per-layer features",
+      {**summary(result), "model": transfer.model_entry(source)}, {"probes.png": functools.partial(plot, result)},
+      out, "probes", "Table 7: per-layer features",
       f"A linear SVM (scikit-learn LinearSVC) and a softmax (optax) on each layer's features of {options['target']} "
       "(conv layers after their pooling and normalization, flattened): mean per-class accuracy, mean +- std over "
       f"{options['folds']} folds; the paper's Table 7 in grey.")

@@ -28,7 +28,7 @@ import numpy as np
 import optax
 from etils import epath
 
-from zf_jax import checkpoint, data, files, models
+from zf_jax import checkpoint, data, files, models, run_record
 from zf_jax.analysis import common, features
 from zf_jax.analysis.source import NeedsDataset, Source
 from zf_jax.data import few_shot, tiny_imagenet
@@ -407,13 +407,22 @@ def study_for(source: Source, options: Mapping[str, Any], layers: Sequence[str] 
                          layers, options["batch_size"])
 
 
+def model_entry(source: Source) -> dict[str, Any]:
+  """Which model a study's numbers are of (its JSON's "model"): the source, arch, step, epoch and parameters'
+  SHA-256 (`run_record.params_digest`), so that studies over several models can tell them apart."""
+  model = source.model
+  return {"source": files.portable_path(source.label), "arch": model.arch.name, "step": model.step,
+          "epoch": model.epoch, "params_sha256": run_record.params_digest(model.params)}
+
+
 def run(source: Source, options: Mapping[str, Any], out: str) -> common.Section:
   """`visualize.py transfer`: Tables 4-5 / Fig. 9 on `options["target"]`, written into `out`."""
   target, study = study_for(source, options, ["fc7"], SHOTS)
   scratch = [scratch_accuracy(w, target, study, options["batch_size"]) for w in options["scratch"] or ()]
   result = compute(study, scratch, l2=options["l2"])
   return common.write_section(
-      summary(result), {"transfer.png": functools.partial(plot, result)}, out, "transfer",
+      {**summary(result), "model": model_entry(source)}, {"transfer.png": functools.partial(plot, result)}, out,
+      "transfer",
       "Tables 4-5 / Fig. 9: transfer and few-shot learning",
       f"Layers 1-7 fixed, a new softmax on fc7 features for the {result['num_classes']} classes of "
       f"{options['target']}: mean per-class accuracy on up to {options['test_per_class']} test images per class vs "
