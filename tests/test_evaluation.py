@@ -1,5 +1,6 @@
 """Evaluating trained checkpoints (zf_jax.evaluation) and the tables built on it: Table 3 (analysis.ablation)
 and Table 2 (analysis.ensemble), on two seconds-long runs of configs/smoke.py."""
+import hashlib
 import json
 import os
 import shutil
@@ -245,13 +246,15 @@ def test_run_records_refuse_what_they_do_not_hold(workdirs, records, tmp_path):
   shutil.copytree(records[1], broken)
   with open(broken / "val_probabilities.npz", "r+b") as f:
     f.truncate(100)
-  with pytest.raises(ValueError, match=r"is not a readable run record \(val_probabilities.npz: "):
+  with pytest.raises(ValueError, match=r"val_probabilities.npz is not the file its evaluation.json was written with"):
     ensemble.compute([records[0], str(broken)])
   data = np.load(os.path.join(records[1], "val_probabilities.npz"))
   np.savez(broken / "val_probabilities.npz", probabilities=data["probabilities"], labels=data["labels"][::-1])
+  record = json.loads((broken / "evaluation.json").read_text())
+  digest = hashlib.sha256((broken / "val_probabilities.npz").read_bytes()).hexdigest()
+  (broken / "evaluation.json").write_text(json.dumps({**record, "probabilities_sha256": digest}))
   with pytest.raises(ValueError, match=r"was evaluated on other validation images than"):
     ensemble.compute([records[0], str(broken)])
-  record = json.loads((broken / "evaluation.json").read_text())
   (broken / "evaluation.json").write_text(json.dumps({**record, "record_version": 99}))
   with pytest.raises(ValueError, match=r"record_version 99, this zf_jax reads 1"):
     ablation.compute([str(broken)])

@@ -27,6 +27,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+from absl import logging
 
 from zf_jax import checkpoint, evaluation, files, metrics, models, pretrained
 
@@ -49,6 +50,8 @@ class Record:
     train: {"top1", "top5", "num_images", "split", "num_crops": 1, "step", "epoch"}: center crops of the
       training images, no augmentation (`evaluation.evaluate_checkpoint`).
     val: the same keys for the validation split, 10 crops.
+    probabilities_sha256: the SHA-256 of the record's val_probabilities.npz (None for a Record not read from
+      a folder).
   """
   path: str
   arch: models.Arch
@@ -61,6 +64,7 @@ class Record:
   params_sha256: str
   train: dict[str, Any]
   val: dict[str, Any]
+  probabilities_sha256: str | None = None
 
 
 def num_params(params: models.Params) -> int:
@@ -114,7 +118,8 @@ def read(path: str) -> Record:
     record = Record(path=path, arch=checkpoint.arch_from_dict(data["arch"]), num_classes=int(data["num_classes"]),
                     class_names=data["class_names"], step=int(data["step"]), epoch=float(data["epoch"]),
                     config=dict(data["config"]), num_params=int(data["num_params"]),
-                    params_sha256=str(data["params_sha256"]), train=dict(data["train"]), val=dict(data["val"]))
+                    params_sha256=str(data["params_sha256"]), train=dict(data["train"]), val=dict(data["val"]),
+                    probabilities_sha256=str(data["probabilities_sha256"]))
   except (KeyError, TypeError, ValueError) as e:
     raise _invalid(path, f"{RECORD_FILE} is incomplete: {type(e).__name__}: {e}") from None
   for split in ("train", "val"):
@@ -150,9 +155,16 @@ def read_probabilities(path: str, record: Record | None = None) -> tuple[np.ndar
   record = record or read(path)
   file = os.path.join(path, PROBABILITIES_FILE)
   try:
-    with np.load(file) as data:
+    with open(file, "rb") as f:
+      blob = f.read()
+  except OSError as e:
+    raise _invalid(path, f"{PROBABILITIES_FILE}: {type(e).__name__}: {e}") from None
+  if hashlib.sha256(blob).hexdigest() != record.probabilities_sha256:
+    raise _invalid(path, f"{PROBABILITIES_FILE} is not the file its {RECORD_FILE} was written with (its sha256)")
+  try:
+    with np.load(io.BytesIO(blob)) as data:
       probs, labels = data["probabilities"], data["labels"]
-  except Exception as e:  # zipfile, OS and key errors of a damaged or foreign file
+  except Exception as e:  # zipfile, pickle and key errors of a foreign file
     raise _invalid(path, f"{PROBABILITIES_FILE}: {type(e).__name__}: {e}") from None
   expected = (int(record.val["num_images"]), record.num_classes)
   if probs.shape != expected or labels.shape != expected[:1] or not np.issubdtype(labels.dtype, np.integer):
@@ -185,13 +197,13 @@ def write(model: checkpoint.Loaded, out: str, workdir: str | None = None, batch_
   record = evaluate(model, workdir or out, batch_size=batch_size, data_dir=data_dir, use_cache=workdir is not None)
   source = evaluation.split_source(model, "val", data_dir)
   probs, labels = evaluation.probabilities(model, source, VAL_CROPS, batch_size)
+  buffer = io.BytesIO()
+  np.savez_compressed(buffer, probabilities=probs.astype(np.float16), labels=labels.astype(np.int32))
   data = {"record_version": RECORD_VERSION, "arch": checkpoint.arch_to_dict(record.arch),
           "num_classes": record.num_classes, "class_names": record.class_names, "step": record.step,
           "epoch": record.epoch, "config": {key: files.portable_path(v) for key, v in record.config.items()},
           "num_params": record.num_params, "params_sha256": record.params_sha256, "train": record.train,
-          "val": record.val}
-  buffer = io.BytesIO()
-  np.savez_compressed(buffer, probabilities=probs.astype(np.float16), labels=labels.astype(np.int32))
+          "val": record.val, "probabilities_sha256": hashlib.sha256(buffer.getvalue()).hexdigest()}
   written = [os.path.join(out, PROBABILITIES_FILE), os.path.join(out, RECORD_FILE)]
   os.makedirs(out, exist_ok=True)
   with files.atomic_path(written[0]) as tmp, open(tmp, "wb") as f:
@@ -214,7 +226,6 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--data_dir", help="Where the TFDS dataset is prepared (default: the model's config's).")
   parser.add_argument("--batch_size", type=int, default=128, help="Images per evaluation batch.")
   args = parser.parse_args(argv)
-  from absl import logging
   logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
   try:
     if args.model and args.epoch is not None:
