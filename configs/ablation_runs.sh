@@ -10,13 +10,16 @@
 # one resumes from its last checkpoint with the same result. Each run logs to RUNS/NAME/log.txt.
 # The base row (zfnet64, seed 0) is the reference run's epoch 10 (configs/reference.py), not run here.
 # Environment: RUNS (default ~/zf-runs), DATA (default ../shared/data/tiny-imagenet-100), NICE (10), RECORDS
-# (default docs/runs: where the converged runs' records go).
+# (default docs/runs: where the converged runs' records go), TARGET (../shared/data/tiny-imagenet-transfer-50) and
+# STUDIES (docs/figures/transfer-models: where the base seeds' transfer and probes studies go).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-$HOME/zf-runs}
 DATA=$(realpath "${DATA:-../shared/data/tiny-imagenet-100}")
 NICE=${NICE:-10}
 RECORDS=${RECORDS:-docs/runs}
+TARGET=$(realpath "${TARGET:-../shared/data/tiny-imagenet-transfer-50}")
+STUDIES=${STUDIES:-docs/figures/transfer-models}
 
 run() {  # NAME ARCH [--config.KEY=VALUE ...]
   local name=$1 arch=$2
@@ -46,6 +49,19 @@ converged() {  # NAME ARCH [--config.KEY=VALUE ...]
     nice -n "$NICE" python -m zf_jax.run_record --workdir="$RUNS/$name-converged" --out="$RECORDS/$name-converged" \
         >> "$RUNS/$name-converged/log.txt" 2>&1 || echo "$(date -u +%FT%TZ) $name-converged: no run record (see its log.txt)"
   fi
+}
+
+# Tables 4-5 / Fig. 9 and Table 7 of a finished run (`visualize.py transfer` and `probes` on TARGET, default
+# settings), into STUDIES/FOLDER, unless its probes.json is there; commit it. Issue 23 averages them over the
+# base's seeds: `visualize.py transfer-seeds` (configs/ablation.py).
+studies() {  # NAME FOLDER
+  local name=$1 folder=$STUDIES/$2
+  [ -f "$folder/probes.json" ] && return
+  echo "$(date -u +%FT%TZ) $name: transfer and probes on $TARGET, in $folder"
+  for command in transfer probes; do
+    nice -n "$NICE" python visualize.py "$command" --workdir="$RUNS/$name" --target="$TARGET" --out="$folder" \
+        >> "$RUNS/$name/log.txt" 2>&1 || { echo "$(date -u +%FT%TZ) $name: no $command study (see its log.txt)"; return; }
+  done
 }
 
 common() {
@@ -79,7 +95,9 @@ seeds() {
   converged ablation-no-fc67-seed2 zfnet64-no-fc67 --config.seed=2
   converged ablation-no-fc67-rerun zfnet64-no-fc67
   converged ablation-seed1 zfnet64 --config.seed=1
+  studies ablation-seed1-converged seed1
   converged ablation-seed2 zfnet64 --config.seed=2
+  studies ablation-seed2-converged seed2
 }
 
 for group in "${@:-common converged seeds}"; do
