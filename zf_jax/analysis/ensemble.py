@@ -5,7 +5,8 @@ image (section 3); the ensemble's are the mean of its members'. Top-1/top-5 accu
 member, of the whole ensemble, and of the ensembles of the first k members (k = 1..M, the paper's
 "1 convnet / 5 convnets / 6 convnets" rows when the workdirs are given base seeds first). All
 members are evaluated on the validation split of the first member's dataset; they must share its
-classes (count and names).
+classes (count and names). A run record folder (`zf_jax.run_record`) stands for a member with the
+10-crop softmax it stored (float16), which must be of the same validation images in the same order.
 """
 from __future__ import annotations
 
