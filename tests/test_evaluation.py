@@ -230,6 +230,16 @@ def test_tables_from_run_records_equal_those_from_the_checkpoints(workdirs, reco
   np.testing.assert_array_equal(mixed["labels"], live["labels"][evaluation.spaced_indices(16, 8)])
 
 
+def test_ablation_takes_an_exported_params_file(workdirs, tmp_path):
+  """A .npz (checkpoint.save_params_npz) is evaluated without a cache: there is no folder to keep one in."""
+  npz = str(tmp_path / "no-conv34.npz")
+  checkpoint.save_params_npz(npz, checkpoint.load_for_analysis(workdirs[1]))
+  result = ablation.compute([workdirs[0], npz])
+  live = ablation.compute(workdirs, use_cache=False)
+  np.testing.assert_array_equal(result["val_top1"], live["val_top1"])
+  assert sorted(os.listdir(tmp_path)) == ["no-conv34.npz"]
+
+
 def test_run_records_refuse_what_they_do_not_hold(workdirs, records, tmp_path):
   with pytest.raises(ValueError, match=r"epoch=1 is not allowed for the run record .*; allowed: its epoch 2"):
     ablation.compute(records, epoch=1)
