@@ -34,10 +34,15 @@ run() {  # NAME ARCH [--config.KEY=VALUE ...]
 # is at its floor), in NAME-converged. No schedule depends on num_epochs, so where NAME's 10-epoch run is there,
 # a copy of its workdir resumes from epoch 10 with the same result as a fresh run; else it starts fresh.
 # Once it has finished, its run record (evaluations, softmax and metrics: zf_jax.run_record) is written to
-# RECORDS/NAME-converged, unless one is there; commit it.
+# RECORDS/NAME-converged, unless one is there; commit it. A run whose record is there and whose workdir is gone
+# (a new machine) is not trained again.
 converged() {  # NAME ARCH [--config.KEY=VALUE ...]
   local name=$1 arch=$2
   shift 2
+  if [ -f "$RECORDS/$name-converged/evaluation.json" ] && [ ! -d "$RUNS/$name-converged" ]; then
+    echo "$(date -u +%FT%TZ) $name-converged: skipped, its run record is in $RECORDS and its workdir is gone"
+    return
+  fi
   if [ ! -d "$RUNS/$name-converged" ] && [ -d "$RUNS/$name" ]; then
     rm -rf "$RUNS/$name-converged.copying"
     cp -r "$RUNS/$name" "$RUNS/$name-converged.copying"
