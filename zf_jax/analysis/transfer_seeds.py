@@ -131,19 +131,18 @@ def plot(result: Mapping[str, Any], path: str) -> None:
   for ax, name in zip(axes[0], panels):
     study = result[name]
     if name == "transfer":
-      groups = {"pretrained": study["rows"]}
+      groups = {"pretrained": ("pretrained", study["rows"])}
       x_of = [r["images_per_class"] for r in study["rows"]]
       ax.set_xscale("log")
       ax.set_xticks(x_of, [str(n) for n in x_of])
       ax.set_xlabel("training images per class")
     else:
       layers = list(dict.fromkeys(r["layer"] for r in study["rows"]))
-      groups = {f"{m}, {n}/class": [r for r in study["rows"] if r["images_per_class"] == n]
+      groups = {f"{m}, {n}/class": (m, [r for r in study["rows"] if r["images_per_class"] == n])
                 for n in dict.fromkeys(r["images_per_class"] for r in study["rows"]) for m in ("svm", "softmax")}
       ax.set_xticks(range(len(layers)), layers)
       ax.set_xlabel("layer")
-    for label, rows in groups.items():
-      measure = label.split(",")[0]
+    for label, (measure, rows) in groups.items():
       x = [r["images_per_class"] for r in rows] if name == "transfer" else [layers.index(r["layer"]) for r in rows]
       spread = [r[measure] for r in rows]
       mean = np.array([s["mean"] for s in spread])

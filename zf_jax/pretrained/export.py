@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from absl import logging
 
-from zf_jax import checkpoint, evaluation, files, pretrained
+from zf_jax import checkpoint, evaluation, files, pretrained, run_record
 from zf_jax.data import tiny_imagenet
 
 
@@ -71,7 +71,7 @@ def export(workdir: str, name: str, manual_dir: str, out: str, commit: str, comm
       trained={"step": loaded.step, "epoch": loaded.epoch, "commit": commit, "command": command,
                "status": run_status(checkpoint.read_meta(workdir, loaded.step))},
       config=config, file=f"{name}.npz", sha256=hashlib.sha256(blob).hexdigest(),
-      parameters=int(sum(np.asarray(v).size for values in loaded.params.values() for v in values.values())))
+      parameters=run_record.num_params(loaded.params))
   os.makedirs(out, exist_ok=True)
   npz_path, card_path = os.path.join(out, f"{name}.npz"), os.path.join(out, f"{name}.json")
   with files.atomic_path(npz_path) as tmp, open(tmp, "wb") as f:
