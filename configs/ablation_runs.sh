@@ -7,7 +7,8 @@
 # at convergence), seeds (issue 23: seeds 1 and 2 of the three converged rows of Table 3).
 #
 # Resumable: re-run the same command. A finished run returns at once ("Already trained"), a killed
-# one resumes from its last checkpoint with the same result. Each run logs to RUNS/NAME/log.txt.
+# one resumes from its last checkpoint (or starts over, if killed before its first) with the same result.
+# Each run logs to RUNS/NAME/log.txt.
 # The base row (zfnet64, seed 0) is the reference run's epoch 10 (configs/reference.py), not run here.
 # Environment: RUNS (default ~/zf-runs), DATA (default ../shared/data/tiny-imagenet-100), NICE (10), RECORDS
 # (default docs/runs: where the converged runs' records go), TARGET (../shared/data/tiny-imagenet-transfer-50) and

@@ -408,6 +408,7 @@ TRAINING = {
     "checkpoints is a file": ({}, "checkpoints-file", ["checkpoints is not a folder", "allowed: a writable"]),
     "checkpoints is not writable": ({}, "checkpoints-read-only", ["checkpoints is not writable", "allowed"]),
     "metrics but no checkpoint": ({}, "metrics-only", ["has no checkpoint but metrics.jsonl holds 2 records",
+                                                       "past the first checkpoint's step 2",
                                                        "allowed: another --workdir"]),
     "a workdir locked by another trainer": ({}, "locked", ["is in use by another trainer", f"(pid {os.getpid()}",
                                                            "allowed: one train.py per workdir"]),

@@ -330,6 +330,17 @@ def test_checkpoint_without_iterator_state_resumes_exactly(reference, data_dir, 
   _assert_same_params(reference[0], str(tmp_path / "old"))
 
 
+def test_a_run_killed_before_its_first_checkpoint_starts_over(reference, data_dir, tmp_path):
+  """Re-running resumes: the metrics of a run killed before its first checkpoint (smoke: step 2) are replaced."""
+  workdir = tmp_path / "run"
+  os.makedirs(workdir)
+  (workdir / "metrics.jsonl").write_text('{"step": 1, "train_loss": 99.0}\n{"step": 2, "train_loss": 98.0}\n')
+  train_lib.train_and_evaluate(_config(data_dir), str(workdir))
+  _assert_same_params(reference[0], str(workdir))
+  losses = [(r["step"], r["train_loss"]) for r in metrics.read(str(workdir)) if "train_loss" in r]
+  assert losses == [(r["step"], r["train_loss"]) for r in metrics.read(reference[0]) if "train_loss" in r]
+
+
 def test_rerunning_a_finished_run_changes_nothing(reference, data_dir):
   workdir, result = reference
   before = _snapshot(workdir)

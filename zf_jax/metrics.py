@@ -78,7 +78,7 @@ class Writer:
     with atomic_path(self._path) as tmp, open(tmp, "w") as f:
       f.writelines(json.dumps(r) + "\n" for r in kept)
     self._tb = tensorboardX.SummaryWriter(os.path.join(workdir, TENSORBOARD_DIR),
-                                          purge_step=start_step + 1 if start_step else None)
+                                          purge_step=start_step + 1)
 
   def write(self, step: int, values: Mapping[str, float]) -> None:
     if not self._enabled:

@@ -347,16 +347,23 @@ def _lock_holder(fd: int) -> str:
   return "unknown"
 
 
-def _check_history(workdir: str, previous: Mapping[str, Any] | None) -> None:
-  """A workdir without a checkpoint but with metrics (a run killed before its first checkpoint, or a lost
-  checkpoints folder) would start over and rewrite metrics.jsonl: refused, keeping the history."""
+def _check_history(workdir: str, previous: Mapping[str, Any] | None, first_save_step: int) -> None:
+  """A workdir without a checkpoint but with metrics: a run killed before its first checkpoint (every record at
+  or before `first_save_step`) has nothing to resume, so it starts over and its records are replaced (a warning
+  says so); records beyond that step mean a lost checkpoints folder: refused, keeping the history."""
   if previous is not None:
     return
   records = metrics.read(workdir)
-  if records:
+  if not records:
+    return
+  last = max(r["step"] for r in records)
+  if last > first_save_step:
     raise ValueError(f"workdir={workdir!r} has no checkpoint but {metrics.METRICS_FILE} holds {len(records)} records "
-                     f"(to step {records[-1].get('step')}); starting over would overwrite them; allowed: another "
-                     f"--workdir, or move {metrics.METRICS_FILE} and {metrics.TENSORBOARD_DIR}/ away to start over")
+                     f"(to step {last}, past the first checkpoint's step {first_save_step}: its checkpoints are "
+                     f"lost); starting over would overwrite them; allowed: another --workdir, or move "
+                     f"{metrics.METRICS_FILE} and {metrics.TENSORBOARD_DIR}/ away to start over")
+  logging.warning("%s: starting over; its %d metrics records (to step %d) are of a run killed before its first "
+                  "checkpoint (step %d) and are replaced", workdir, len(records), last, first_save_step)
 
 
 def _check_workdir(meta: Mapping[str, Any] | None, arch: models.Arch, num_classes: int, workdir: str) -> None:
@@ -437,7 +444,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   num_steps = config.num_epochs * steps_per_epoch
   previous = checkpoint.read_meta(workdir)
   _check_workdir(previous, arch, datasets.num_classes, workdir)
-  _check_history(workdir, previous)
+  first_save_step = min(config.checkpoint_every_steps or steps_per_epoch, steps_per_epoch)
+  _check_history(workdir, previous, first_save_step)
   checked_mean = _check_data(config, datasets, first_run=previous is None)
   # The run can start: the workdir is made (if new) and locked, and only now is anything written.
   with contextlib.ExitStack() as stack:
