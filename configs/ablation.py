@@ -65,8 +65,9 @@ $R/ablation-fc-double,$R/ablation-wide-conv345,$R/fig6-alexnet64,$R/fig6-noclip
   python visualize.py ensemble --epoch=10 --out=docs/figures/table2 \\
       --workdirs=$R/reference,$R/ablation-seed1,$R/ablation-seed2,$R/ablation-wide-conv345
 Issue 23 (three seeds at convergence, from the run records; rows of one variant that differ only in the seed
-are grouped), with D=docs/runs:
-  python visualize.py ablation --out=docs/figures/table3-seeds --workdirs=$D/reference-rerun,\\
+are grouped), with D=docs/runs; the first command replaces the one-seed table3-converged above, and Table 2 at
+convergence goes beside the 10-epoch table2 (whose workdirs are gone):
+  python visualize.py ablation --out=docs/figures/table3-converged --workdirs=$D/reference-rerun,\\
 $D/ablation-seed1-converged,$D/ablation-seed2-converged,$D/ablation-no-fc67-rerun-converged,\\
 $D/ablation-no-fc67-seed1-converged,$D/ablation-no-fc67-seed2-converged,$D/ablation-no-conv34-fc67-rerun-converged,\\
 $D/ablation-no-conv34-fc67-seed1-converged,$D/ablation-no-conv34-fc67-seed2-converged
