@@ -92,7 +92,8 @@ converged_rows() {  # Table 3's depth rows at convergence (seed 0; the base row 
 # (on 2 cores: the 4-layer net ~500 img/s, no-fc67 ~340, the base ~160-250), and seed 0 of the two depth rows
 # again (NAME-rerun-converged): the checkpoints of their first runs were lost with the machine on 2026-12-05, and
 # each row of the three-seed tables is built from a run record (python -m zf_jax.run_record), which needs them.
-# The base's seed 0 is the shipped model (docs/runs/reference-rerun).
+# The base's seed 0 is the shipped model (docs/runs/reference-rerun). Both base seeds train before their transfer
+# studies, so that Table 3 and Table 2 (run records only) are whole first.
 seeds() {
   converged ablation-no-conv34-fc67-seed1 zfnet64-no-conv34-fc67 --config.seed=1
   converged ablation-no-conv34-fc67-seed2 zfnet64-no-conv34-fc67 --config.seed=2
@@ -101,8 +102,8 @@ seeds() {
   converged ablation-no-fc67-seed2 zfnet64-no-fc67 --config.seed=2
   converged ablation-no-fc67-rerun zfnet64-no-fc67
   converged ablation-seed1 zfnet64 --config.seed=1
-  studies ablation-seed1-converged seed1
   converged ablation-seed2 zfnet64 --config.seed=2
+  studies ablation-seed1-converged seed1
   studies ablation-seed2-converged seed2
 }
 
