@@ -74,7 +74,8 @@ $D/ablation-no-conv34-fc67-seed1-converged,$D/ablation-no-conv34-fc67-seed2-conv
   python visualize.py ensemble --out=docs/figures/table2-converged --workdirs=$D/reference-rerun,\\
 $D/ablation-seed1-converged,$D/ablation-seed2-converged,$D/ablation-no-fc67-rerun-converged
 Issue 23's transfer numbers (Tables 4-5 / Fig. 9, Table 7) as means over the base's three seeds: seed 0 is the
-shipped model; the script runs the same two studies of seeds 1 and 2 into $F/seed1, $F/seed2 as each ends:
+shipped model; the script runs the same two studies of seeds 1 and 2 into $F/seed1, $F/seed2 once both
+have trained (their records first, so that Table 3 and Table 2 are whole before the studies):
   T=../shared/data/tiny-imagenet-transfer-50 F=docs/figures/transfer-models
   python visualize.py transfer --model=zfnet64-tiny-imagenet-100 --target=$T --out=$F/seed0
   python visualize.py probes --model=zfnet64-tiny-imagenet-100 --target=$T --out=$F/seed0
