@@ -143,6 +143,14 @@ def test_seeds_of_a_variant_are_grouped_and_judged_against_the_seed_noise():
   assert noisy["beyond_seed_noise"] is False and noisy["p_value"] > 0.05  # 0.9 points against a 2-point spread
   assert single["difference"] == pytest.approx(5.0) and single["p_value"] is None  # one seed: no test
   assert single["beyond_seed_noise"] is None and groups[3]["val_top1_error"]["std"] == 0.0
+  # Variants with seeds are also judged against each other (not the base again; not a one-seed variant).
+  assert "vs_variants" not in groups[1] and "vs_variants" not in groups[3]
+  between = groups[2]["vs_variants"]
+  assert list(between) == ["removed fc6,fc7"]
+  c = np.array([54.8, 57.0, 53.0])
+  assert between["removed fc6,fc7"]["val_top1_error"]["difference"] == pytest.approx(c.mean() - a.mean())
+  assert between["removed fc6,fc7"]["val_top1_error"]["p_value"] == pytest.approx(
+      stats.ttest_ind(c, a, equal_var=False).pvalue)
   json.dumps(groups, allow_nan=False)  # strict JSON: no NaN where a test cannot be made
 
 

@@ -201,9 +201,10 @@ def variants(result: Mapping[str, Any]) -> list[dict[str, Any]]:
   standard deviation over seeds (ddof=1; 0 for one seed) and the min and max. Each variant but the
   base also gets "vs_base" per error: the difference of means (variant - base, points), the pooled
   standard deviation of the two groups, and, where both have >= 2 seeds, Welch's t, its two-sided p
-  and whether the difference is beyond the seed noise (p < SIGNIFICANCE); else those are None.
+  and whether the difference is beyond the seed noise (p < SIGNIFICANCE); else those are None. A variant
+  with >= 2 seeds also gets "vs_variants": {earlier variant: the same per error} against each earlier
+  variant but the base that has >= 2 seeds (e.g. the 4-layer net against no-fc67), where there is one.
   """
-  from scipy import stats
   errors = {key: np.array([_error(a) for a in result[key.removesuffix("_error")]]) for key in ERRORS}
   order = list(dict.fromkeys(result["variant"]))
   groups = {v: [i for i, name in enumerate(result["variant"]) if name == v] for v in order}
@@ -217,20 +218,28 @@ def variants(result: Mapping[str, Any]) -> list[dict[str, Any]]:
       entry[key] = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
                     "min": float(values.min()), "max": float(values.max())}
     if members is not base:
-      entry["vs_base"] = {}
-      for key in ERRORS:
-        a, b = errors[key][members], errors[key][base]
-        pooled = float(np.sqrt((np.var(a, ddof=1) * (len(a) - 1) + np.var(b, ddof=1) * (len(b) - 1))
-                               / (len(a) + len(b) - 2))) if min(len(a), len(b)) > 1 else None
-        test = stats.ttest_ind(a, b, equal_var=False) if min(len(a), len(b)) > 1 else None
-        if test is not None and not np.isfinite(test.pvalue):  # no spread in either group: no test
-          test = None
-        entry["vs_base"][key] = {
-            "difference": float(a.mean() - b.mean()), "pooled_std": pooled,
-            "welch_t": float(test.statistic) if test else None, "p_value": float(test.pvalue) if test else None,
-            "beyond_seed_noise": bool(test.pvalue < SIGNIFICANCE) if test else None}
+      entry["vs_base"] = {key: _compare(errors[key][members], errors[key][base]) for key in ERRORS}
+      earlier = [other for other in order[1:order.index(name)] if len(groups[other]) > 1]
+      if len(members) > 1 and earlier:
+        entry["vs_variants"] = {other: {key: _compare(errors[key][members], errors[key][groups[other]])
+                                        for key in ERRORS} for other in earlier}
     out.append(entry)
   return out
+
+
+def _compare(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
+  """Errors `a` [n_a] against `b` [n_b] (%, one per seed): the difference of means (points), the pooled std and,
+  where both have >= 2 seeds and some spread, Welch's t, its two-sided p and whether p < SIGNIFICANCE."""
+  from scipy import stats
+  both_seeded = min(len(a), len(b)) > 1
+  pooled = float(np.sqrt((np.var(a, ddof=1) * (len(a) - 1) + np.var(b, ddof=1) * (len(b) - 1))
+                         / (len(a) + len(b) - 2))) if both_seeded else None
+  test = stats.ttest_ind(a, b, equal_var=False) if both_seeded else None
+  if test is not None and not np.isfinite(test.pvalue):  # no spread in either group: no test
+    test = None
+  return {"difference": float(a.mean() - b.mean()), "pooled_std": pooled,
+          "welch_t": float(test.statistic) if test else None, "p_value": float(test.pvalue) if test else None,
+          "beyond_seed_noise": bool(test.pvalue < SIGNIFICANCE) if test else None}
 
 
 def plot(result: Mapping[str, Any], path: str) -> None:
@@ -316,5 +325,6 @@ def run(workdirs: Sequence[str], options: Mapping[str, Any], out: str) -> common
       "top-1 error (center crops of the training images, no augmentation), val top-1/top-5 error (10 crops), the "
       "run's own logged val error (its eval crops), and the paper's row (ImageNet, %)."
       + (" Runs that differ only in their seed are grouped: mean ± std and range over seeds, and each variant's "
-         "difference from the base against the seed noise (Welch's two-sided t-test, p < "
+         "difference from the base (and from each earlier variant with seeds: vs_variants) against the seed noise "
+         "(Welch's two-sided t-test, p < "
          f"{SIGNIFICANCE})." if seeded else ""))
