@@ -19,7 +19,7 @@ RUNS=${RUNS:-$HOME/zf-runs}
 DATA=$(realpath "${DATA:-../shared/data/tiny-imagenet-100}")
 NICE=${NICE:-10}
 RECORDS=${RECORDS:-docs/runs}
-TARGET=$(realpath "${TARGET:-../shared/data/tiny-imagenet-transfer-50}")
+TARGET=${TARGET:-../shared/data/tiny-imagenet-transfer-50}  # as given: the studies' JSON names it
 STUDIES=${STUDIES:-docs/figures/transfer-models}
 
 run() {  # NAME ARCH [--config.KEY=VALUE ...]
