@@ -202,8 +202,8 @@ def variants(result: Mapping[str, Any]) -> list[dict[str, Any]]:
   base also gets "vs_base" per error: the difference of means (variant - base, points), the pooled
   standard deviation of the two groups, and, where both have >= 2 seeds, Welch's t, its two-sided p
   and whether the difference is beyond the seed noise (p < SIGNIFICANCE); else those are None. A variant
-  with >= 2 seeds also gets "vs_variants": {earlier variant: the same per error} against each earlier
-  variant but the base that has >= 2 seeds (e.g. the 4-layer net against no-fc67), where there is one.
+  with >= 2 seeds also gets "vs_variants": {earlier variant: the same per error}, one entry per earlier
+  variant other than the base that also has >= 2 seeds (e.g. the 4-layer net against no-fc67), if any.
   """
   errors = {key: np.array([_error(a) for a in result[key.removesuffix("_error")]]) for key in ERRORS}
   order = list(dict.fromkeys(result["variant"]))
